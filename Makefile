@@ -1,0 +1,31 @@
+# Two commands set up a fresh machine: `make repro` (pipeline) and `make test` (test suite).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: install repro test bench clean
+
+install: $(STAMP)
+
+# Torch first: the CPU build where no NVIDIA GPU is visible, so `torch>=2.4` below installs
+# nothing more; with a GPU, pip picks a CUDA build (or keep the one you have).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || { \
+	  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; \
+	  then $(BIN)/pip install -q "torch>=2.4"; else $(BIN)/pip install -q "torch==2.13.0"; fi; }
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+repro: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	python -m pytest -q
+
+clean:
+	rm -rf data plots metrics.json mlflow.db mlartifacts

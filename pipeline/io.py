@@ -1,0 +1,182 @@
+"""Artifact I/O: atomic outputs, JSON, image sets and webdataset calibration shards.
+
+Every artifact is written under a temporary name next to its target and renamed into place
+at the end, so a killed stage never leaves a half output that DVC would cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file that replaces `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no inf/nan; "inf" keeps the fact readable
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    return value
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_file(path) as f:
+        json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found; run the stage that produces it (dvc repro)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: {what} is corrupt ({e}); delete it and rerun `dvc repro`") from None
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- generated image sets -------------------------------------------------------------------
+
+IMAGE_KEYS = ("images", "labels", "seeds")
+
+
+def write_images(path: str | Path, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray) -> None:
+    """images: uint8 [N, H, W, C]; labels and per-image seeds: int64 [N]."""
+    with atomic_file(path, "wb") as f:
+        np.savez(f, images=images, labels=labels, seeds=seeds)
+
+
+def read_images(path: str | Path) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: image set not found; run the sampling stage first (dvc repro)")
+    try:
+        with np.load(path) as z:
+            out = {k: z[k] for k in IMAGE_KEYS}
+    except Exception as e:
+        raise UserError(f"{path}: image set is corrupt or incomplete ({e}); rerun its stage") from None
+    n = len(out["images"])
+    if out["images"].dtype != np.uint8 or out["images"].ndim != 4 or len(out["labels"]) != n:
+        raise UserError(f"{path}: image set has unexpected layout {out['images'].shape} "
+                        f"{out['images'].dtype}; expected uint8 [N, H, W, C] with N labels")
+    return out
+
+
+# --- calibration shards (webdataset) --------------------------------------------------------
+
+def write_calibration_shards(out_dir: Path, records: dict[str, np.ndarray], shard_size: int) -> list[dict]:
+    """Write records (x [N,...] float32, t, y, step, trajectory int64 [N]) as tar shards.
+
+    Returns one entry per shard: file name, record count and sha256, for the manifest.
+    """
+    import webdataset as wds
+
+    n = len(records["x"])
+    shards = []
+    for start in range(0, n, shard_size):
+        name = f"calib-{start // shard_size:06d}.tar"
+        stop = min(start + shard_size, n)
+        with wds.TarWriter(str(out_dir / name)) as sink:
+            for i in range(start, stop):
+                sink.write({
+                    "__key__": f"{i:08d}",
+                    "x.npy": records["x"][i].astype(np.float32),
+                    "t.cls": int(records["t"][i]),
+                    "y.cls": int(records["y"][i]),
+                    "step.cls": int(records["step"][i]),
+                    "traj.cls": int(records["trajectory"][i]),
+                })
+        shards.append({"file": name, "count": stop - start, "sha256": sha256(out_dir / name)})
+    return shards
+
+
+def read_calibration(calib_dir: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """Read and verify the calibration set; returns (records, manifest)."""
+    import webdataset as wds
+
+    calib_dir = Path(calib_dir)
+    manifest = read_json(calib_dir / "manifest.json", "calibration manifest")
+    xs, cols = [], {k: [] for k in ("t", "y", "step", "trajectory")}
+    for shard in manifest.get("shards", []):
+        path = calib_dir / shard["file"]
+        if not path.is_file():
+            raise UserError(f"{path}: calibration shard listed in manifest.json is missing; rerun `calibrate`")
+        if sha256(path) != shard["sha256"]:
+            raise UserError(f"{path}: calibration shard is corrupt (checksum differs from manifest.json); "
+                            "rerun `calibrate`")
+        try:
+            samples = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False).decode())
+        except Exception as e:
+            raise UserError(f"{path}: calibration shard cannot be read ({e}); rerun `calibrate`") from None
+        if len(samples) != shard["count"]:
+            raise UserError(f"{path}: holds {len(samples)} records, manifest.json says {shard['count']}")
+        for s in samples:
+            xs.append(s["x.npy"])
+            cols["t"].append(s["t.cls"])
+            cols["y"].append(s["y.cls"])
+            cols["step"].append(s["step.cls"])
+            cols["trajectory"].append(s["traj.cls"])
+    if len(xs) != manifest.get("count"):
+        raise UserError(f"{calib_dir}: {len(xs)} records found, manifest.json says {manifest.get('count')}")
+    records = {"x": np.stack(xs)} | {k: np.asarray(v, dtype=np.int64) for k, v in cols.items()}
+    return records, manifest
+

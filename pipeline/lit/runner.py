@@ -1,0 +1,117 @@
+"""Run a LightningModule's predict loop on one CPU or many devices and merge the results.
+
+Each rank writes its predictions to a part file; after a barrier the process that launched the
+run merges them by item index (DistributedSampler pads with repeats, which are dropped), so the
+result is the same for any number of devices. Modules may also expose `reduced_state()`, a
+collective that all ranks call at the end of the epoch; rank 0 saves what it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.errors import UserError
+
+
+class IndexDataset(Dataset):
+    """Items are their own indices: image i or trajectory i, seeded by i alone."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class _PartWriter(Callback):
+    def __init__(self, parts_dir: Path):
+        self.parts_dir = parts_dir
+        self.buffer: list[dict[str, torch.Tensor]] = []
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if outputs:
+            self.buffer.append({k: v.detach().cpu() for k, v in outputs.items()})
+
+    def on_predict_epoch_end(self, trainer, pl_module):
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        if self.buffer:
+            merged = {k: torch.cat([b[k] for b in self.buffer]) for k in self.buffer[0]}
+            torch.save(merged, self.parts_dir / f"rank{trainer.global_rank}.pt")
+        state_fn = getattr(pl_module, "reduced_state", None)
+        if state_fn is not None:
+            state = state_fn()  # collective: every rank must call it
+            if trainer.is_global_zero:
+                torch.save(state, self.parts_dir / "state.pt")
+        self.buffer = []
+
+
+def _quiet_lightning() -> None:
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage())  # an advert, printed per stage
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def make_trainer(trainer_cfg, callbacks: list[Callback]) -> L.Trainer:
+    _quiet_lightning()
+    try:
+        return L.Trainer(
+            accelerator=trainer_cfg.accelerator,
+            devices=trainer_cfg.devices,
+            strategy=trainer_cfg.strategy,
+            precision=trainer_cfg.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            callbacks=callbacks,
+        )
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise UserError(f"trainer settings cannot be used on this machine: {e}") from None
+
+
+def run_predict(module: L.LightningModule, dataset: Dataset, batch_size: int, trainer_cfg,
+                parts_dir: Path) -> tuple[dict[str, torch.Tensor] | None, Any, bool]:
+    """Returns (predictions merged by index, reduced state, is_main_process).
+
+    Only the main process gets results; other ranks get (None, None, False) and should exit.
+    """
+    launcher = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    if launcher and parts_dir.exists():
+        shutil.rmtree(parts_dir)  # leftovers of an interrupted run
+    writer = _PartWriter(parts_dir)
+    trainer = make_trainer(trainer_cfg, [writer])
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    trainer.predict(module, loader, return_predictions=False)
+    trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return None, None, False
+    preds = _merge(sorted(parts_dir.glob("rank*.pt")))
+    state_path = parts_dir / "state.pt"
+    state = torch.load(state_path, weights_only=False) if state_path.exists() else None
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return preds, state, True
+
+
+def _merge(files: list[Path]) -> dict[str, torch.Tensor] | None:
+    if not files:
+        return None
+    parts = [torch.load(f, weights_only=True) for f in files]
+    merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    index = merged["index"]
+    order = torch.argsort(index, stable=True)
+    index = index[order]
+    keep = torch.ones_like(index, dtype=torch.bool)
+    keep[1:] = index[1:] != index[:-1]  # drop the sampler's padding repeats
+    return {k: v[order][keep] for k, v in merged.items()}

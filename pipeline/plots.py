@@ -1,0 +1,74 @@
+"""Figures: sample grids and activation ranges across timesteps (PNG, matplotlib Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.io import atomic_file
+
+
+def image_grid(images_u8: np.ndarray, n: int, path: Path, min_side: int = 256) -> None:
+    """First n*n images [N, H, W, C] as an n x n grid, upscaled (nearest) to at least min_side px."""
+    from PIL import Image
+
+    n = max(1, min(n, int(np.sqrt(len(images_u8)))))
+    imgs = images_u8[: n * n]
+    _, h, w, c = imgs.shape
+    grid = imgs.reshape(n, n, h, w, c).transpose(0, 2, 1, 3, 4).reshape(n * h, n * w, c)
+    scale = max(1, -(-min_side // (n * h)))
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    img = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    with atomic_file(path, "wb") as f:
+        img.save(f, format="PNG")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def activation_ranges(ranges: dict[str, np.ndarray], timesteps: np.ndarray, path: Path, title: str) -> None:
+    """One line per layer: max |x| over channels at each sampler timestep."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for name, r in ranges.items():
+        ax.plot(timesteps, r, label=name, lw=1)
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("max |activation| over channels")
+    ax.set_yscale("log")
+    ax.invert_xaxis()  # sampling runs from t = T down to 0
+    ax.set_title(title)
+    if len(ranges) <= 24:
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+def top_channels(absmax: np.ndarray, timesteps: np.ndarray, layer: str, k: int, path: Path) -> list[int]:
+    """The k channels of one layer with the largest |x|, across timesteps; returns their indices."""
+    plt = _pyplot()
+    peak = absmax.max(0)
+    top = np.argsort(-peak)[:k]
+    median = np.median(absmax, axis=1)
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for ch in top:
+        ax.plot(timesteps, absmax[:, ch], label=f"channel {ch}", lw=1.2)
+    ax.plot(timesteps, median, "k--", label="median channel", lw=1)
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("max |activation|")
+    ax.invert_xaxis()
+    ax.set_title(f"{layer}: the {k} channels with the largest range")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return [int(c) for c in top]

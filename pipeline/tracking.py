@@ -1,0 +1,98 @@
+"""MLflow: one run per stage execution, grouped by a shared tag.
+
+Runs of one configuration share `qdit.run_group` (the hash of params.yaml, or the DVC
+experiment name under `dvc exp run`, or $QDIT_RUN_GROUP), so a user filters one pipeline
+execution and sorts runs of different bit settings by FID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import UserError
+
+
+def params_hash(cfg: DictConfig) -> str:
+    text = OmegaConf.to_yaml(cfg, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_group(cfg: DictConfig) -> str:
+    return os.environ.get("QDIT_RUN_GROUP") or os.environ.get("DVC_EXP_NAME") or params_hash(cfg)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _experiment_id(mlflow, name: str) -> str:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = Path("mlartifacts").resolve().as_uri()  # beside mlflow.db, not in ./mlruns
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifacts)
+    except Exception:
+        exp = mlflow.get_experiment_by_name(name)  # created concurrently by another stage
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _log_series(mlflow, run_id: str, series: dict[str, list[float]]) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    entries = [Metric(name, float(v), now, step) for name, values in series.items()
+               for step, v in enumerate(values)]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(entries), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=entries[start:start + 1000])
+
+
+def log_stage(cfg: DictConfig, stage: str, params: dict[str, Any], metrics: dict[str, Any],
+              artifacts: list[Path] = (), series: dict[str, list[float]] | None = None) -> str | None:
+    """Record one stage execution; returns the run id (None when tracking is disabled)."""
+    if not cfg.tracking.enabled:
+        return None
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        import mlflow
+    except ImportError:
+        raise UserError("tracking.enabled is true but mlflow is not installed; install it or set "
+                        "tracking.enabled: false") from None
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    tags = {
+        "qdit.stage": stage,
+        "qdit.run_group": run_group(cfg),
+        "qdit.params_hash": params_hash(cfg),
+        "qdit.git_commit": _git_commit(),
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["qdit.dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    with mlflow.start_run(experiment_id=_experiment_id(mlflow, cfg.tracking.experiment),
+                          run_name=stage, tags=tags) as run:
+        mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
+        scalars = {k: float(v) for k, v in metrics.items() if v is not None}
+        if scalars:
+            mlflow.log_metrics(scalars)
+        _log_series(mlflow, run.info.run_id, series or {})
+        for path in artifacts:
+            path = Path(path)
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=path.name)
+            elif path.exists():
+                mlflow.log_artifact(str(path))
+        return run.info.run_id

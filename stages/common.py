@@ -1,0 +1,45 @@
+"""What every stage entry shares: artifact paths, argument parsing, clean failure."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from omegaconf import DictConfig  # noqa: E402
+
+from pipeline.config import load_params  # noqa: E402
+from pipeline.errors import UserError  # noqa: E402
+
+DATA = Path("data")
+MODEL = DATA / "model"
+CALIB = DATA / "calib"
+STATS = DATA / "stats"
+SAMPLES = DATA / "samples"
+SAMPLES_FP = DATA / "samples_fp"
+METRICS = Path("metrics.json")
+PLOTS = Path("plots")
+
+
+def main(stage: str, body: Callable[[DictConfig, argparse.Namespace], None],
+         add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+         argv: list[str] | None = None) -> None:
+    """Parse arguments, validate params.yaml, run the body; UserError -> message, exit 2."""
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
+    parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    if add_args:
+        add_args(parser)
+    args = parser.parse_args(argv)
+    start = time.time()
+    try:
+        cfg = load_params(args.params)
+        body(cfg, args)
+    except UserError as e:
+        print(f"error [{stage}]: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"[{stage}] done in {time.time() - start:.1f} s", file=sys.stderr)

@@ -1,0 +1,55 @@
+"""model.source pointing at a local diffusers DiT: a randomly initialised DiT-XL/2-config model
+with a tiny VAE stands in for facebook/DiT-XL-2-256, which cannot be downloaded here."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.io import read_calibration, read_images
+from tests.conftest import run_stage
+from tests.helpers import save_latent_pipeline, write_params, xl_config_dit
+
+
+def test_dit_xl2_config_runs_in_latent_space_and_decodes(tmp_path, monkeypatch, capsys):
+    src = save_latent_pipeline(tmp_path / "DiT-XL-2-256", xl_config_dit())
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    run = {"num_samples": 2, "steps": 2, "guidance_scale": 1.5, "batch_size": 2}
+    write_params(proj, {"model": {"source": str(src)}, "calibrate": run, "stats": {"batch_size": 2},
+                        "sample": {"num_images": 2, "steps": 2, "guidance_scale": 1.5, "batch_size": 2,
+                                   "grid_size": 1}})
+    monkeypatch.chdir(proj)
+    run_stage("model")
+    shutil.rmtree(src)  # everything downstream must come from data/model
+    info = json.loads((proj / "data/model/model.json").read_text())
+    assert info["latent"] and info["num_layers"] == 28 and info["hidden_size"] == 1152
+    assert info["num_classes"] == 1000 and info["sample_size"] == 32 and info["out_channels"] == 8
+
+    run_stage("calibrate")
+    records, manifest = read_calibration(proj / "data/calib")
+    assert records["x"].shape == (2, 4, 32, 32) and manifest["null_label"] == 1000
+
+    run_stage("stats")
+    index = json.loads((proj / "data/stats/index.json").read_text())
+    assert sum(v["quantized_by_default"] for v in index["layers"].values()) == 28 * 6
+    assert index["layers"]["transformer_blocks.27.ff.net.2"]["in_features"] == 4608
+
+    run_stage("sample", "--fp")
+    images = read_images(proj / "data/samples_fp/images.npz")["images"]
+    assert images.shape == (2, 256, 256, 3) and images.dtype == np.uint8
+    assert images.std() > 0
+
+    # Inception features need the optional extra; without it: one clear message, no metrics
+    shutil.copytree(proj / "data/samples_fp", proj / "data/samples")
+    try:
+        import torch_fidelity  # noqa: F401
+        return
+    except ImportError:
+        pass
+    with pytest.raises(SystemExit) as exit_:
+        run_stage("evaluate")
+    assert exit_.value.code == 2
+    assert "pip install -e '.[imagenet]'" in capsys.readouterr().err
+    assert not (proj / "metrics.json").exists()

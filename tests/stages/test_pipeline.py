@@ -1,0 +1,144 @@
+"""The embedded pipeline end to end on fast settings (stages run in-process)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.io import read_calibration, read_images
+from pipeline.models.loader import load_fp_model
+from pipeline.sampling import denoise, make_scheduler
+from pipeline.seeds import generators, image_seed, initial_noise
+from tests.conftest import run_stage
+from tests.helpers import FAST
+
+N_IMAGES = FAST["sample"]["num_images"]
+N_CALIB = FAST["calibrate"]["num_samples"]
+CALIB_STEPS = FAST["calibrate"]["steps"]
+
+
+def test_model_stage_writes_a_diffusers_dir_and_classifier(built_pipeline):
+    info = json.loads((built_pipeline / "data/model/model.json").read_text())
+    assert info["source"] == "tiny" and info["num_classes"] == 10 and not info["latent"]
+    assert info["num_layers"] == FAST["model"]["tiny"]["num_layers"]
+    assert 0.8 < info["classifier_heldout_accuracy"] <= 1.0
+    for f in ("transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
+              "scheduler/scheduler_config.json", "classifier/model.safetensors"):
+        assert (built_pipeline / "data/model" / f).is_file()
+    assert not any(p.name.startswith(".") for p in (built_pipeline / "data").iterdir())
+
+
+def test_calibration_records_are_the_trajectories_x_t(built_pipeline):
+    records, manifest = read_calibration(built_pipeline / "data/calib")
+    assert manifest["count"] == N_CALIB and records["x"].shape == (N_CALIB, 1, 8, 8)
+    assert manifest["records_per_step"] == [N_CALIB // CALIB_STEPS] * CALIB_STEPS
+    assert len(manifest["timesteps"]) == CALIB_STEPS
+    assert manifest["timesteps"] == sorted(manifest["timesteps"], reverse=True)
+    assert set(records["y"].tolist()) <= set(range(10))
+    # regenerate two trajectories independently and compare the stored x_t
+    fp = load_fp_model(built_pipeline / "data/model")
+    for i in (0, N_CALIB - 1):
+        gens = generators(1, torch.tensor([i]))
+        noise = initial_noise(gens, fp.latent_shape, torch.float32)
+        label = torch.randint(0, 10, (1,), generator=gens[0])
+        assert label.item() == records["y"][i]
+        seen = {}
+        denoise(fp.transformer, make_scheduler("ddim", fp.scheduler_config, CALIB_STEPS), noise, label,
+                guidance_scale=1.0, null_label=10, on_step=lambda s, t, x: seen.setdefault(s, (int(t), x.clone())))
+        t, x = seen[int(records["step"][i])]
+        assert t == records["t"][i]
+        assert np.allclose(x.numpy()[0], records["x"][i], atol=1e-6)
+
+
+def test_stats_cover_every_linear_and_timestep(built_pipeline):
+    stats = load_file(str(built_pipeline / "data/stats/stats.safetensors"))
+    index = json.loads((built_pipeline / "data/stats/index.json").read_text())
+    fp = load_fp_model(built_pipeline / "data/model")
+    linears = [n for n, m in fp.transformer.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert sorted(index["layers"]) == sorted(linears)
+    assert sum(v["quantized_by_default"] for v in index["layers"].values()) == 6 * FAST["model"]["tiny"]["num_layers"]
+    for name in linears:
+        lo, hi, am = stats[f"{name}/min"], stats[f"{name}/max"], stats[f"{name}/absmax"]
+        assert lo.shape == (CALIB_STEPS, index["layers"][name]["in_features"])
+        assert (lo <= hi).all() and torch.equal(am, torch.maximum(hi, -lo))
+        assert torch.equal(stats[f"{name}/absmax_all"], am.amax(0))
+    assert stats["count"].tolist() == [N_CALIB // CALIB_STEPS] * CALIB_STEPS
+    for png in ("activation_ranges.png", "top_channels.png"):
+        assert (built_pipeline / "data/stats" / png).stat().st_size > 10_000
+    rows = (built_pipeline / "plots/act_range.csv").read_text().splitlines()
+    assert len(rows) == CALIB_STEPS + 1 and rows[0].startswith("timestep,")
+
+
+def test_samples_are_seeded_per_image_and_fp_equals_sample(built_pipeline):
+    fp = read_images(built_pipeline / "data/samples_fp/images.npz")
+    q = read_images(built_pipeline / "data/samples/images.npz")
+    assert fp["images"].shape == (N_IMAGES, 8, 8, 1)
+    assert fp["seeds"].tolist() == [image_seed(0, i) for i in range(N_IMAGES)]
+    assert fp["labels"].tolist() == [i % 10 for i in range(N_IMAGES)]
+    assert np.array_equal(fp["images"], q["images"])
+    assert len({im.tobytes() for im in fp["images"]}) == N_IMAGES
+    assert (built_pipeline / "data/samples/grid.png").is_file()
+
+
+def test_evaluate_metrics(built_pipeline):
+    m = json.loads((built_pipeline / "metrics.json").read_text())
+    assert m["num_images"] == N_IMAGES and m["features"] == "digits"
+    assert 0 < m["fid"] < 1e4
+    # FP against itself until quantization exists; 24 images, 128-d features: singular covariances
+    assert abs(m["fid_fp"]) < 1e-4
+    assert m["psnr_fp"] == "inf" and m["ssim_fp"] == pytest.approx(1.0)
+
+
+def test_every_stage_logged_to_mlflow_under_one_group(built_pipeline):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{built_pipeline / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("qdit")
+    runs = client.search_runs([exp.experiment_id])
+    by_stage = {r.data.tags["qdit.stage"]: r for r in runs}
+    assert set(by_stage) == {"model", "calibrate", "stats", "sample_fp", "sample", "evaluate"}
+    assert len({r.data.tags["qdit.run_group"] for r in runs}) == 1
+    ev = by_stage["evaluate"]
+    assert ev.data.metrics["fid"] == pytest.approx(json.loads((built_pipeline / "metrics.json").read_text())["fid"])
+    assert math.isinf(ev.data.metrics["psnr_fp"]) or ev.data.metrics["psnr_fp"] > 1e300
+    assert by_stage["sample"].data.params["sample.num_images"] == str(N_IMAGES)
+    assert "train_loss" in by_stage["model"].data.metrics
+    arts = {a.path for a in client.list_artifacts(by_stage["stats"].info.run_id)}
+    assert {"activation_ranges.png", "top_channels.png", "index.json"} <= arts
+    assert "grid.png" in {a.path for a in client.list_artifacts(by_stage["sample"].info.run_id)}
+
+
+def test_rerun_gives_identical_samples_and_metrics(pipeline_copy, built_pipeline):
+    run_stage("sample")
+    run_stage("evaluate")
+    a = np.load(built_pipeline / "data/samples/images.npz")
+    b = np.load(pipeline_copy / "data/samples/images.npz")
+    for k in ("images", "labels", "seeds"):
+        assert np.array_equal(a[k], b[k])
+    assert (built_pipeline / "metrics.json").read_text() == (pipeline_copy / "metrics.json").read_text()
+
+
+def test_stage_without_its_input_fails_clearly_and_writes_nothing(project, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_stage("calibrate")
+    assert exit_.value.code == 2
+    assert "FP model not found" in capsys.readouterr().err
+    assert not (project / "data").exists() or not any((project / "data").iterdir())
+
+
+def test_corrupt_shard_stops_stats_and_nothing_is_written(pipeline_copy, capsys):
+    import shutil
+
+    shutil.rmtree("data/stats")
+    shard = next((pipeline_copy / "data/calib").glob("*.tar"))
+    shard.write_bytes(shard.read_bytes()[:-2000])
+    with pytest.raises(SystemExit) as exit_:
+        run_stage("stats")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert shard.name in err and "corrupt" in err
+    assert not (pipeline_copy / "data/stats").exists()
+    assert not [p for p in (pipeline_copy / "data").iterdir() if p.name.startswith(".")]

@@ -1,0 +1,90 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import load_params
+from pipeline.errors import UserError
+from tests.helpers import REPO, write_params
+
+
+def test_repository_params_are_valid():
+    cfg = load_params(REPO / "params.yaml")
+    assert cfg.model.source == "tiny"
+    assert cfg.sample.num_images >= 1
+
+
+def _params_with(tmp_path: Path, extra: dict) -> Path:
+    return write_params(tmp_path, extra)
+
+
+@pytest.mark.parametrize("extra, key, fragment", [
+    ({"sample": {"num_imgs": 10}}, "sample.num_imgs", "did you mean 'num_images'"),
+    ({"sampel": {"steps": 10}}, "sampel", "allowed in the top level"),
+    ({"model": {"tiny": {"layers": 3}}}, "model.tiny.layers", "allowed in section 'model.tiny'"),
+])
+def test_unknown_key_names_key_and_allowed(tmp_path, extra, key, fragment):
+    with pytest.raises(UserError) as err:
+        load_params(_params_with(tmp_path, extra))
+    msg = str(err.value)
+    assert f"unknown key '{key}'" in msg and fragment in msg
+
+
+@pytest.mark.parametrize("extra, key", [
+    ({"sample": {"steps": "many"}}, "sample.steps"),
+    ({"calibrate": {"guidance_scale": "strong"}}, "calibrate.guidance_scale"),
+    ({"tracking": {"enabled": "perhaps"}}, "tracking.enabled"),
+    ({"sample": {"num_images": 1.5}}, "sample.num_images"),
+])
+def test_wrong_type_names_key(tmp_path, extra, key):
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        load_params(_params_with(tmp_path, extra))
+
+
+@pytest.mark.parametrize("extra, key, allowed", [
+    ({"sample": {"scheduler": "euler"}}, "sample.scheduler", "ddim, ddpm, dpm_solver"),
+    ({"sample": {"num_images": 0}}, "sample.num_images", "an integer >= 1"),
+    ({"calibrate": {"steps": 2000}}, "calibrate.steps", "1 to 1000"),
+    ({"sample": {"guidance_scale": 0.5}}, "sample.guidance_scale", ">= 1.0"),
+    ({"trainer": {"devices": 0}}, "trainer.devices", "'auto', -1 (all) or an integer >= 1"),
+    ({"trainer": {"strategy": "fsdp"}}, "trainer.strategy", "auto, ddp, ddp_spawn"),
+    ({"trainer": {"precision": "fp8"}}, "trainer.precision", "32-true"),
+    ({"model": {"tiny": {"patch_size": 3}}}, "model.tiny.patch_size", "1, 2, 4 or 8"),
+    ({"evaluate": {"features": "clip"}}, "evaluate.features", "auto, digits, inception"),
+    ({"sample": {"seed": 5000}}, "sample.seed", "0 to 4095"),
+    ({"sample": {"num_images": 2**21}}, "sample.num_images", "1 to 1048576"),
+])
+def test_unsupported_value_names_key_value_and_allowed(tmp_path, extra, key, allowed):
+    with pytest.raises(UserError) as err:
+        load_params(_params_with(tmp_path, extra))
+    msg = str(err.value)
+    section, name = key.rsplit(".", 1)
+    value = extra
+    for part in key.split("."):
+        value = value[part]
+    assert f"{key} = {value!r} is not allowed" in msg
+    assert allowed in msg
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UserError, match="parameter file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sample: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_stage_refuses_bad_params_with_exit_2_and_writes_nothing(tmp_path):
+    params = write_params(tmp_path, {"model": {"tiny": {"train_step": 5}}})
+    proc = subprocess.run([sys.executable, "-m", "stages.model"], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1
+    assert "unknown key 'model.tiny.train_step'" in errors[0] and "train_steps" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [params.name]
+    assert yaml.safe_load(params.read_text())["model"]["tiny"]["train_step"] == 5
