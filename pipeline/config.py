@@ -20,7 +20,7 @@ from pipeline.seeds import MAX_BASE_SEED, MAX_IMAGES
 
 SCHEDULERS = ("ddim", "ddpm", "dpm_solver")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-STRATEGIES = ("auto", "ddp", "ddp_spawn")
+STRATEGIES = ("auto", "ddp")  # ddp_spawn would pickle the models and their hooks
 PRECISIONS = ("32-true", "bf16-true", "16-true", "bf16-mixed", "16-mixed", "64-true")
 FEATURES = ("auto", "digits", "inception")
 

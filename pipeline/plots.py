@@ -10,15 +10,17 @@ from pipeline.io import atomic_file
 
 
 def image_grid(images_u8: np.ndarray, n: int, path: Path, min_side: int = 256) -> None:
-    """First n*n images [N, H, W, C] as an n x n grid, upscaled (nearest) to at least min_side px."""
+    """First n*n images [N, H, W, C] as an n x n grid with 1-px grey gutters, upscaled (nearest)
+    so that the grid is at least min_side pixels wide."""
     from PIL import Image
 
     n = max(1, min(n, int(np.sqrt(len(images_u8)))))
-    imgs = images_u8[: n * n]
-    _, h, w, c = imgs.shape
-    grid = imgs.reshape(n, n, h, w, c).transpose(0, 2, 1, 3, 4).reshape(n * h, n * w, c)
-    scale = max(1, -(-min_side // (n * h)))
-    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    _, h, w, c = images_u8.shape
+    scale = max(1, -(-min_side // (n * w)))
+    cells = images_u8[: n * n].repeat(scale, axis=1).repeat(scale, axis=2)
+    cells = np.pad(cells, ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=128)
+    hh, ww = cells.shape[1:3]
+    grid = cells.reshape(n, n, hh, ww, c).transpose(0, 2, 1, 3, 4).reshape(n * hh, n * ww, c)
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     with atomic_file(path, "wb") as f:
         img.save(f, format="PNG")

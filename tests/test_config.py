@@ -49,7 +49,7 @@ def test_wrong_type_names_key(tmp_path, extra, key):
     ({"calibrate": {"steps": 2000}}, "calibrate.steps", "1 to 1000"),
     ({"sample": {"guidance_scale": 0.5}}, "sample.guidance_scale", ">= 1.0"),
     ({"trainer": {"devices": 0}}, "trainer.devices", "'auto', -1 (all) or an integer >= 1"),
-    ({"trainer": {"strategy": "fsdp"}}, "trainer.strategy", "auto, ddp, ddp_spawn"),
+    ({"trainer": {"strategy": "ddp_spawn"}}, "trainer.strategy", "auto, ddp"),
     ({"trainer": {"precision": "fp8"}}, "trainer.precision", "32-true"),
     ({"model": {"tiny": {"patch_size": 3}}}, "model.tiny.patch_size", "1, 2, 4 or 8"),
     ({"evaluate": {"features": "clip"}}, "evaluate.features", "auto, digits, inception"),

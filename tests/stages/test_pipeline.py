@@ -142,3 +142,13 @@ def test_corrupt_shard_stops_stats_and_nothing_is_written(pipeline_copy, capsys)
     assert shard.name in err and "corrupt" in err
     assert not (pipeline_copy / "data/stats").exists()
     assert not [p for p in (pipeline_copy / "data").iterdir() if p.name.startswith(".")]
+
+
+def test_tracking_disabled_writes_no_mlflow_store(pipeline_copy):
+    from tests.helpers import write_params
+
+    write_params(pipeline_copy, {"tracking": {"enabled": False}})
+    (pipeline_copy / "metrics.json").unlink()
+    run_stage("evaluate")
+    assert (pipeline_copy / "metrics.json").is_file()
+    assert not (pipeline_copy / "mlflow.db").exists() and not (pipeline_copy / "mlartifacts").exists()

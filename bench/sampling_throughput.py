@@ -1,0 +1,89 @@
+"""Sampling throughput of the FP model: image-steps per second through the full DDIM loop.
+
+  python bench/sampling_throughput.py --model data/model --batch 250 --steps 50          # tiny, CPU
+  python bench/sampling_throughput.py --xl-config --batch 256 --steps 10 --dtype bfloat16  # GPU
+
+--xl-config builds a randomly initialised DiT-XL/2 256 transformer (diffusers config), which
+costs the same per step as the real weights. Guidance 1.0 (one forward per image-step);
+with classifier-free guidance every image-step costs two forwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from pipeline.sampling import denoise, make_scheduler
+from pipeline.seeds import generators, initial_noise
+
+
+def build(args):
+    if args.xl_config:
+        from diffusers import DiTTransformer2DModel
+
+        torch.manual_seed(0)
+        model = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4,
+                                      out_channels=8, num_layers=28, sample_size=32, patch_size=2,
+                                      num_embeds_ada_norm=1000)
+        sched_cfg = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4,
+                     "beta_end": 0.02, "clip_sample": False}
+        return model.eval(), sched_cfg, 1000
+    from pipeline.models.loader import load_fp_model
+
+    fp = load_fp_model(args.model)
+    return fp.transformer, fp.scheduler_config, fp.num_classes
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="data/model")
+    p.add_argument("--xl-config", action="store_true")
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    dtype = getattr(torch, args.dtype)
+    model, sched_cfg, num_classes = build(args)
+    model = model.to(args.device, dtype)
+    c = model.config
+    index = torch.arange(args.batch)
+    noise = initial_noise(generators(0, index), (c.in_channels, c.sample_size, c.sample_size), torch.float32)
+    noise = noise.to(args.device, dtype)
+    labels = (index % num_classes).to(args.device)
+
+    def once(steps: int) -> float:
+        sched = make_scheduler("ddim", sched_cfg, steps)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        denoise(model, sched, noise, labels, guidance_scale=1.0, null_label=num_classes)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    once(2)  # warm-up
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = sorted(once(args.steps) for _ in range(args.repeats))
+    median = times[len(times) // 2]
+    result = {
+        "model": "DiT-XL/2-config (random init)" if args.xl_config else args.model,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "dtype": args.dtype, "batch": args.batch, "steps": args.steps, "repeats": args.repeats,
+        "median_s": round(median, 4), "image_steps_per_s": round(args.batch * args.steps / median, 1),
+        "spread_s": [round(t, 4) for t in times],
+        "torch": torch.__version__,
+    }
+    if args.device == "cuda":
+        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
