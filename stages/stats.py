@@ -21,16 +21,9 @@ from pipeline.io import atomic_dir, atomic_file, read_calibration, write_json
 from pipeline.lit.runner import IndexDataset, run_predict
 from pipeline.lit.stats import StatsModule
 from pipeline.models.loader import load_fp_model
+from pipeline.quant.targets import default_targets
 from pipeline.tracking import log_stage
 from stages.common import CALIB, DATA, MODEL, PLOTS, STATS, main
-
-# Layers the quantizer targets by default: attention projections and both feed-forward linears.
-DEFAULT_QUANT_SUFFIXES = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2")
-
-
-def default_quantized(names) -> list[str]:
-    return [n for n in names if n.startswith("transformer_blocks.") and n.endswith(DEFAULT_QUANT_SUFFIXES)]
-
 
 def run(cfg, args) -> None:
     s = cfg.stats
@@ -53,7 +46,7 @@ def run(cfg, args) -> None:
     state["count"] = torch.bincount(recs["step"], minlength=len(timesteps)) * rows_per_record
     state["timesteps"] = torch.as_tensor(timesteps)
     layers = sorted({k.rsplit("/", 1)[0] for k in state if "/" in k})
-    quantized = default_quantized(layers)
+    quantized = default_targets(layers)
     seen = state["count"].numpy() > 0
     ts = timesteps[seen]
     tensor_range = {n: state[f"{n}/absmax"].numpy()[seen].max(1) for n in layers}
