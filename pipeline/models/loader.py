@@ -42,12 +42,6 @@ class FPModel:
         c = self.transformer.config
         return (c.in_channels, c.sample_size, c.sample_size)
 
-    def to(self, device=None, dtype=None) -> "FPModel":
-        self.transformer.to(device=device, dtype=dtype)
-        if self.vae is not None:
-            self.vae.to(device=device, dtype=dtype)
-        return self
-
 
 def save_fp_model(out_dir: Path, transformer: DiTTransformer2DModel, vae: AutoencoderKL | None,
                   scheduler_config: dict, info: dict) -> None:
