@@ -16,34 +16,18 @@ import itertools
 import json
 import time
 
-import numpy as np
 import torch
 
+from _common import generate, summary
 from pipeline.config import load_params
 from pipeline.metrics.features import build_extractor, extract
 from pipeline.metrics.fid import frechet_distance
 from pipeline.models.loader import load_fp_model
 from pipeline.models.tiny import load_digits_images
-from pipeline.sampling import decode, denoise, make_scheduler, to_uint8
-from pipeline.seeds import generators, initial_noise
 
 
-def fp_samples(fp, cfg, n: int, seed: int) -> np.ndarray:
-    s = cfg.sample
-    out = []
-    for start in range(0, n, s.batch_size):
-        index = torch.arange(start, min(n, start + s.batch_size))
-        gens = generators(seed, index)
-        noise = initial_noise(gens, fp.latent_shape, torch.float32)
-        x0 = denoise(fp.transformer, make_scheduler(s.scheduler, fp.scheduler_config, s.steps), noise,
-                     index % fp.num_classes, guidance_scale=s.guidance_scale, null_label=fp.null_label, gens=gens)
-        out.append(to_uint8(decode(x0, fp.vae)))
-    return torch.cat(out).numpy()
-
-
-def summary(values: list[float]) -> dict:
-    return {"mean": round(float(np.mean(values)), 3), "std": round(float(np.std(values, ddof=1)), 3),
-            "values": [round(v, 3) for v in values]}
+def _rounded(d: dict) -> dict:
+    return {k: [round(x, 3) for x in v] if isinstance(v, list) else round(v, 3) for k, v in d.items()}
 
 
 def main() -> None:
@@ -66,16 +50,16 @@ def main() -> None:
         floor.append(frechet_distance(real_feats[perm[:half]], real_feats[perm[half:]]))
 
     start = time.time()
-    sample_feats = {seed: extract(extractor, fp_samples(fp, cfg, args.num_images, seed), 500) for seed in args.seeds}
+    sample_feats = {seed: extract(extractor, generate(fp.transformer, fp, cfg.sample, args.num_images, seed), 500) for seed in args.seeds}
     seconds = time.time() - start
     fid_real = [frechet_distance(f, real_feats) for f in sample_feats.values()]
     fid_fp = [frechet_distance(sample_feats[a], sample_feats[b]) for a, b in itertools.combinations(args.seeds, 2)]
     print(json.dumps({
         "num_images": args.num_images, "sampler": f"{cfg.sample.scheduler} {cfg.sample.steps} steps, "
         f"guidance {cfg.sample.guidance_scale}", "seeds": args.seeds,
-        "real_vs_real_halves": summary(floor),
-        "fp_vs_digits": summary(fid_real),
-        "fp_vs_fp_other_seed": summary(fid_fp),
+        "real_vs_real_halves": _rounded(summary(floor)),
+        "fp_vs_digits": _rounded(summary(fid_real)),
+        "fp_vs_fp_other_seed": _rounded(summary(fid_fp)),
         "sampling_seconds": round(seconds, 1),
     }, indent=2))
 

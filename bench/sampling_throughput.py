@@ -1,16 +1,22 @@
-"""Sampling throughput of the FP model: image-steps per second through the full DDIM loop.
+"""Sampling throughput, FP and fake-quantized: image-steps per second through the DDIM loop.
 
-  python bench/sampling_throughput.py --model data/model --batch 250 --steps 50          # tiny, CPU
-  python bench/sampling_throughput.py --xl-config --batch 256 --steps 10 --dtype bfloat16  # GPU
+  python bench/sampling_throughput.py --model data/model --batch 250 --steps 50 \
+      --settings fp qdit:8:8:32 qdit:4:8:32                                              # tiny, CPU
+  python bench/sampling_throughput.py --xl-config --batch 256 --steps 10 --dtype bfloat16 \
+      --settings fp qdit:8:8:128 qdit:4:8:128                                            # GPU
 
---xl-config builds a randomly initialised DiT-XL/2 256 transformer (diffusers config), which
-costs the same per step as the real weights. Guidance 1.0 (one forward per image-step);
-with classifier-free guidance every image-step costs two forwards.
+A setting is `fp` or method:weight_bits:act_bits:group_size (rtn ignores the group size).
+All settings run in one process on the same inputs, so their ratio to FP is measured in one
+run. --xl-config builds a randomly initialised DiT-XL/2 256 transformer (diffusers config),
+which costs the same per step as the real weights; quantization there is round-to-nearest
+without the clipping search (speed does not depend on the values). Guidance 1.0 (one forward
+per image-step); with classifier-free guidance every image-step costs two forwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import time
@@ -47,10 +53,40 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--settings", nargs="+", default=["fp"])
     args = p.parse_args()
     dtype = getattr(torch, args.dtype)
-    model, sched_cfg, num_classes = build(args)
-    model = model.to(args.device, dtype)
+    base, sched_cfg, num_classes = build(args)
+    base = base.to(args.device)
+    fp_rate = None
+    for setting in args.settings:
+        model = quantized(copy.deepcopy(base), setting, clip=not args.xl_config).to(dtype=dtype)
+        result = measure(args, model, sched_cfg, num_classes, dtype) | {"setting": setting}
+        fp_rate = result["image_steps_per_s"] if setting == "fp" else fp_rate
+        if fp_rate:
+            result["vs_fp"] = round(result["image_steps_per_s"] / fp_rate, 3)
+        print(json.dumps(result), flush=True)
+        del model
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def quantized(model, setting: str, clip: bool):
+    if setting == "fp":
+        return model
+    from pipeline.quant.apply import linear_in_features, quantize_model
+    from pipeline.quant.plan import build_plan
+    from pipeline.quant.targets import DEFAULT_INCLUDE
+
+    method, wb, ab, g = setting.split(":")
+    plan = build_plan(linear_in_features(model), method=method, include=DEFAULT_INCLUDE, exclude=[],
+                      weight_bits=int(wb), group_size=int(g), weight_symmetric=False, clip_search=clip,
+                      gptq=False, act_bits=int(ab), act_mode="dynamic" if method == "rtn" else "auto",
+                      act_group_size=None, act_symmetric=False, attn_bits=16)
+    return quantize_model(model, plan)
+
+
+def measure(args, model, sched_cfg, num_classes, dtype) -> dict:
     c = model.config
     index = torch.arange(args.batch)
     noise = initial_noise(generators(0, index), (c.in_channels, c.sample_size, c.sample_size), torch.float32)
@@ -82,7 +118,7 @@ def main() -> None:
     }
     if args.device == "cuda":
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

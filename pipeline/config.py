@@ -16,6 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from pipeline.errors import UserError
+from pipeline.quant.activation import ACT_MODES
+from pipeline.quant.plan import METHODS
+from pipeline.quant.quantizer import SUPPORTED_BITS
+from pipeline.quant.targets import DEFAULT_INCLUDE
 from pipeline.seeds import MAX_BASE_SEED, MAX_IMAGES
 
 SCHEDULERS = ("ddim", "ddpm", "dpm_solver")
@@ -73,6 +77,42 @@ class StatsConfig:
 
 
 @dataclass
+class WeightQuantConfig:
+    bits: int = 4
+    group_size: int = 32
+    symmetric: bool = False
+    clip_search: bool = True
+    gptq: bool = False
+
+
+@dataclass
+class ActQuantConfig:
+    bits: int = 8
+    mode: str = "auto"
+    group_size: int | None = None
+    symmetric: bool = False
+
+
+@dataclass
+class GPTQConfig:
+    block_size: int = 128
+    damp: float = 0.01
+    batch_size: int = 64
+
+
+@dataclass
+class QuantConfig:
+    method: str = "qdit"
+    weight: WeightQuantConfig = field(default_factory=WeightQuantConfig)
+    act: ActQuantConfig = field(default_factory=ActQuantConfig)
+    attn_bits: int = 16
+    include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
+    exclude: list[str] = field(default_factory=list)
+    plan: str | None = None
+    gptq: GPTQConfig = field(default_factory=GPTQConfig)
+
+
+@dataclass
 class SampleConfig:
     num_images: int = 1000
     steps: int = 50
@@ -111,6 +151,7 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -209,6 +250,22 @@ def validate(cfg: DictConfig, path: Path = Path("params.yaml")) -> None:
     for key in ("calibrate.num_samples", "sample.num_images"):
         value = OmegaConf.select(cfg, key)
         _require(value <= MAX_IMAGES, path, key, value, f"1 to {MAX_IMAGES}")
+    q = cfg.quant
+    _require(q.method in METHODS, path, "quant.method", q.method, ", ".join(METHODS))
+    bits_ok = "2 to 8, or 16 (not quantized)"
+    for key in ("quant.weight.bits", "quant.act.bits", "quant.attn_bits"):
+        value = OmegaConf.select(cfg, key)
+        _require(value in SUPPORTED_BITS or value == 16, path, key, value, bits_ok)
+    _require(q.weight.group_size >= 1, path, "quant.weight.group_size", q.weight.group_size, "an integer >= 1")
+    _require(q.act.group_size is None or q.act.group_size >= 1, path, "quant.act.group_size", q.act.group_size,
+             "null (the weights' group size) or an integer >= 1")
+    modes = ("auto",) + tuple(m for m in ACT_MODES if m != "none")
+    _require(q.act.mode in modes, path, "quant.act.mode", q.act.mode, ", ".join(modes))
+    _require(len(q.include) > 0, path, "quant.include", list(q.include), "one or more module-name patterns")
+    _require(not (q.weight.gptq and q.weight.bits == 16), path, "quant.weight.gptq", q.weight.gptq,
+             "false when quant.weight.bits is 16 (nothing to round)")
+    _require(0 < q.gptq.damp < 1, path, "quant.gptq.damp", q.gptq.damp, "0 < value < 1")
+    _positive_ints(cfg, path, ["quant.gptq.block_size", "quant.gptq.batch_size"])
     feats = cfg.evaluate.features
     _require(feats in FEATURES, path, "evaluate.features", feats, ", ".join(FEATURES))
     tr = cfg.trainer

@@ -180,3 +180,35 @@ def read_calibration(calib_dir: str | Path) -> tuple[dict[str, np.ndarray], dict
     records = {"x": np.stack(xs)} | {k: np.asarray(v, dtype=np.int64) for k, v in cols.items()}
     return records, manifest
 
+
+
+# --- quantized model ------------------------------------------------------------------------
+
+def write_quantized(out_dir: Path, plan, state: dict) -> None:
+    """plan.yaml (human-readable) + quantized.safetensors (codes, scales, zero points)."""
+    from safetensors.torch import save_file
+
+    (out_dir / "plan.yaml").write_text(plan.to_yaml())
+    save_file(state, str(out_dir / "quantized.safetensors"))
+
+
+def read_quantized(quant_dir: str | Path):
+    """(QuantPlan, state dict) from the `quantize` stage's output, with clear errors."""
+    from safetensors.torch import load_file
+
+    from pipeline.quant.plan import QuantPlan
+
+    quant_dir = Path(quant_dir)
+    plan_path, state_path = quant_dir / "plan.yaml", quant_dir / "quantized.safetensors"
+    for p in (plan_path, state_path):
+        if not p.is_file():
+            raise UserError(f"{p}: not found; run the `quantize` stage first (dvc repro)")
+    try:
+        plan = QuantPlan.read(plan_path)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{plan_path}: {e}") from None
+    try:
+        state = load_file(str(state_path))
+    except Exception as e:
+        raise UserError(f"{state_path}: quantized checkpoint is corrupt ({e}); rerun `quantize`") from None
+    return plan, state

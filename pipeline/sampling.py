@@ -29,6 +29,14 @@ def make_scheduler(name: str, config: dict, steps: int):
     return sched
 
 
+def guided_inputs(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guided: bool, null_label: int) -> dict:
+    """Model inputs for records (x_t, t, y) as the guided sampler feeds them: each record
+    twice, with its label and with the null label, when guidance is on."""
+    if guided:
+        x, t, y = torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)])
+    return {"hidden_states": x, "timestep": t, "class_labels": y}
+
+
 @torch.no_grad()
 def denoise(transformer, scheduler, latents: torch.Tensor, labels: torch.Tensor, *,
             guidance_scale: float, null_label: int,

@@ -20,6 +20,7 @@ DATA = Path("data")
 MODEL = DATA / "model"
 CALIB = DATA / "calib"
 STATS = DATA / "stats"
+QUANT = DATA / "quant"
 SAMPLES = DATA / "samples"
 SAMPLES_FP = DATA / "samples_fp"
 METRICS = Path("metrics.json")

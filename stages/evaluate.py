@@ -1,8 +1,9 @@
 """Stage `evaluate`: FID against the reference and fidelity to the FP samples -> metrics.json.
 
-fid      FID of data/samples against the reference set (digits or ImageNet statistics).
+fid      FID of data/samples (the quantized model) against the reference set.
+fid_fp_model  FID of data/samples_fp (the FP model) against the same reference.
 fid_fp   FID of data/samples against data/samples_fp (same seeds, FP model).
-psnr_fp  mean per-image PSNR against the FP image from the same noise (inf when identical).
+psnr_fp  PSNR of the set against the FP images from the same noise (inf when all identical).
 ssim_fp  mean SSIM against the same.
 On small guided models `fid` can fall as quantization error grows; the *_fp metrics cannot.
 """
@@ -22,7 +23,7 @@ from pipeline.metrics.fidelity import psnr, ssim
 from pipeline.metrics.reference import load_reference
 from pipeline.models.loader import default_device
 from pipeline.tracking import log_stage
-from stages.common import METRICS, MODEL, SAMPLES, SAMPLES_FP, main
+from stages.common import METRICS, MODEL, QUANT, SAMPLES, SAMPLES_FP, main
 
 
 def run(cfg, args) -> None:
@@ -45,14 +46,17 @@ def run(cfg, args) -> None:
         extract(extractor, reference, e.batch_size, device, "features: reference")
     metrics = {
         "fid": frechet_distance(feats, ref),
+        "fid_fp_model": frechet_distance(feats_fp, ref),
         "fid_fp": frechet_distance(feats, feats_fp),
         "psnr_fp": psnr(samples["images"], fp["images"]),
         "ssim_fp": ssim(samples["images"], fp["images"]),
         "num_images": int(len(samples["images"])),
     }
-    write_json(METRICS, metrics | {"features": kind, "reference": e.reference})
+    quant = read_json(QUANT / "quant.json", "quantization summary")
+    metrics |= {"size_mb": quant["size_mb"], "fp16_size_mb": quant["fp16_size_mb"]}
+    write_json(METRICS, metrics | {"features": kind, "reference": e.reference, "quant": quant["method"]})
     print("[evaluate] " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    log_stage(cfg, "evaluate", flat(cfg, ["evaluate", "sample"]),
+    log_stage(cfg, "evaluate", flat(cfg, ["evaluate", "sample", "quant"]),
               metrics | {"seconds": time.time() - start}, [METRICS, SAMPLES / "grid.png"])
 
 

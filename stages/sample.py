@@ -1,8 +1,7 @@
 """Stages `sample` and `sample_fp` (`--fp`): generate sample.num_images images.
 
-Image i always gets the same noise and label, so `sample` (the model under test) and
-`sample_fp` (the FP model, cached by DVC) are compared image by image. Until quantization
-lands, both sample the FP model.
+Image i always gets the same noise and label, so `sample` (the quantized model of
+data/quant) and `sample_fp` (the FP model, cached by DVC) are compared image by image.
 """
 
 from __future__ import annotations
@@ -11,12 +10,14 @@ import time
 
 from pipeline import plots
 from pipeline.config import flat
-from pipeline.io import atomic_dir, write_images, write_json
+from pipeline.io import atomic_dir, read_quantized, write_images, write_json
 from pipeline.lit.runner import IndexDataset, run_predict
 from pipeline.lit.sampling import SamplingModule
 from pipeline.models.loader import load_fp_model
+from pipeline.quant.apply import load_quantized
+from pipeline.quant.plan import describe
 from pipeline.tracking import log_stage
-from stages.common import DATA, MODEL, SAMPLES, SAMPLES_FP, main
+from stages.common import DATA, MODEL, QUANT, SAMPLES, SAMPLES_FP, main
 
 
 def add_args(parser) -> None:
@@ -27,6 +28,11 @@ def run(cfg, args) -> None:
     s = cfg.sample
     out = SAMPLES_FP if args.fp else SAMPLES
     fp = load_fp_model(MODEL)
+    described = "fp"
+    if not args.fp:
+        plan, state = read_quantized(QUANT)
+        load_quantized(fp.transformer, plan, state, str(QUANT))
+        described = describe(plan)
     module = SamplingModule(fp, scheduler=s.scheduler, steps=s.steps, guidance_scale=s.guidance_scale,
                             seed=s.seed)
     start = time.time()
@@ -40,13 +46,13 @@ def run(cfg, args) -> None:
         write_images(tmp / "images.npz", images, preds["labels"].numpy(), preds["seeds"].numpy())
         plots.image_grid(images, s.grid_size, tmp / "grid.png")
         write_json(tmp / "info.json", {
-            "model": "fp" if args.fp else "fp (no quantized model yet)",
+            "model": described,
             "num_images": int(len(images)), "image_shape": list(images.shape[1:]),
             "scheduler": s.scheduler, "steps": int(s.steps), "guidance_scale": float(s.guidance_scale),
             "seed": int(s.seed), "labels": "index mod num_classes",
         })
     name = "sample_fp" if args.fp else "sample"
-    log_stage(cfg, name, flat(cfg, ["sample", "trainer"]),
+    log_stage(cfg, name, flat(cfg, ["sample", "trainer"] + ([] if args.fp else ["quant"])),
               {"seconds": seconds, "image_steps_per_s": s.num_images * s.steps / seconds},
               [out / "grid.png", out / "info.json"])
 

@@ -8,6 +8,7 @@ import torch.distributed as dist
 
 from pipeline.activation_stats import ActivationStats
 from pipeline.models.loader import FPModel
+from pipeline.sampling import guided_inputs
 
 
 class StatsModule(L.LightningModule):
@@ -25,15 +26,11 @@ class StatsModule(L.LightningModule):
     def predict_step(self, index: torch.Tensor) -> dict:
         index = index.cpu()
         dtype = next(self.transformer.parameters()).dtype
-        x = self.records["x"][index].to(self.device, dtype)
-        t = self.records["t"][index]
-        y = self.records["y"][index]
+        kw = guided_inputs(self.records["x"][index], self.records["t"][index], self.records["y"][index],
+                           self.guided, self.null_label)
         slots = self.records["step"][index]
-        if self.guided:
-            x, t, slots = torch.cat([x, x]), torch.cat([t, t]), torch.cat([slots, slots])
-            y = torch.cat([y, torch.full_like(y, self.null_label)])
-        self.collector.set_slots(slots, t)
-        self.transformer(x, timestep=t.to(self.device), class_labels=y.to(self.device))
+        self.collector.set_slots(torch.cat([slots, slots]) if self.guided else slots, kw["timestep"])
+        self.transformer(**{k: v.to(self.device, dtype if k == "hidden_states" else None) for k, v in kw.items()})
         return {}
 
     def reduced_state(self) -> dict[str, torch.Tensor]:

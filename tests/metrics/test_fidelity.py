@@ -20,9 +20,10 @@ def test_psnr_of_a_known_error():
     a = np.full((2, 8, 8, 1), 100, dtype=np.uint8)
     b = a.copy()
     b[0] += 10  # image 0: MSE 100
-    b[1] += 5  # image 1: MSE 25
-    expected = (10 * math.log10(255**2 / 100) + 10 * math.log10(255**2 / 25)) / 2
-    assert psnr(b, a) == pytest.approx(expected, rel=1e-6)  # torchmetrics computes in float32
+    b[1] += 5  # image 1: MSE 25 -> the set: MSE 62.5
+    assert psnr(b, a) == pytest.approx(10 * math.log10(255**2 / 62.5), rel=1e-6)  # float32 inside
+    b[1] = a[1]  # one image identical: still finite
+    assert psnr(b, a) == pytest.approx(10 * math.log10(255**2 / 50), rel=1e-6)
 
 
 def test_ssim_falls_with_noise_and_fits_small_images():

@@ -37,7 +37,7 @@ def test_repro_noop_and_experiment_rerun_only_what_changed(tmp_path):
     _sh("git init -q && git add -A && git commit -qm init", proj, env)
 
     first = _sh("dvc repro", proj, env)
-    assert _ran(first) == {"model", "calibrate", "stats", "sample_fp", "sample", "evaluate"}
+    assert _ran(first) == {"model", "calibrate", "stats", "quantize", "sample_fp", "sample", "evaluate"}
     assert (proj / "metrics.json").is_file() and (proj / "dvc.lock").is_file()
 
     again = _sh("dvc repro", proj, env)
@@ -48,4 +48,6 @@ def test_repro_noop_and_experiment_rerun_only_what_changed(tmp_path):
     assert _ran(exp) == {"sample_fp", "sample", "evaluate"}
     shown = _sh("dvc metrics show --json", proj, env)
     assert '"num_images": 12' in shown
+    exp = _sh("dvc exp run -S quant.weight.bits=8 -S quant.act.bits=8", proj, env)
+    assert _ran(exp) == {"quantize", "sample", "evaluate"}
     assert "fid" in _sh("dvc exp show --no-pager --csv", proj, env)

@@ -1,7 +1,6 @@
 """The embedded pipeline end to end on fast settings (stages run in-process)."""
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -72,24 +71,40 @@ def test_stats_cover_every_linear_and_timestep(built_pipeline):
     assert len(rows) == CALIB_STEPS + 1 and rows[0].startswith("timestep,")
 
 
-def test_samples_are_seeded_per_image_and_fp_equals_sample(built_pipeline):
+def test_samples_are_seeded_per_image_and_quantized_ones_stay_close(built_pipeline):
     fp = read_images(built_pipeline / "data/samples_fp/images.npz")
     q = read_images(built_pipeline / "data/samples/images.npz")
-    assert fp["images"].shape == (N_IMAGES, 8, 8, 1)
-    assert fp["seeds"].tolist() == [image_seed(0, i) for i in range(N_IMAGES)]
+    assert fp["images"].shape == q["images"].shape == (N_IMAGES, 8, 8, 1)
+    assert fp["seeds"].tolist() == q["seeds"].tolist() == [image_seed(0, i) for i in range(N_IMAGES)]
     assert fp["labels"].tolist() == [i % 10 for i in range(N_IMAGES)]
-    assert np.array_equal(fp["images"], q["images"])
     assert len({im.tobytes() for im in fp["images"]}) == N_IMAGES
+    diff = np.abs(fp["images"].astype(int) - q["images"].astype(int))
+    assert diff.max() > 0 and diff.mean() < 20  # W4A8: changed, but the same digits
+    info = json.loads((built_pipeline / "data/samples/info.json").read_text())
+    assert info["model"] == "qdit W4A8 (group 32, dynamic), 12 layers"
     assert (built_pipeline / "data/samples/grid.png").is_file()
+
+
+def test_quantize_stage_outputs(built_pipeline):
+    from pipeline.io import read_quantized
+
+    plan, state = read_quantized(built_pipeline / "data/quant")
+    assert plan.method == "qdit" and len(plan.layers) == 6 * FAST["model"]["tiny"]["num_layers"]
+    assert all(v.dtype == torch.uint8 for k, v in state.items() if k.endswith(".qweight"))
+    summary = json.loads((built_pipeline / "data/quant/quant.json").read_text())
+    assert summary["size_mb"] < summary["fp16_size_mb"]
+    assert 0 < summary["calib_rel_err"] < 0.2
+    assert 15 < summary["weight_sqnr_db_mean"] < 40
 
 
 def test_evaluate_metrics(built_pipeline):
     m = json.loads((built_pipeline / "metrics.json").read_text())
-    assert m["num_images"] == N_IMAGES and m["features"] == "digits"
-    assert 0 < m["fid"] < 1e4
-    # FP against itself until quantization exists; 24 images, 128-d features: singular covariances
-    assert abs(m["fid_fp"]) < 1e-4
-    assert m["psnr_fp"] == "inf" and m["ssim_fp"] == pytest.approx(1.0)
+    assert m["num_images"] == N_IMAGES and m["features"] == "digits" and m["quant"] == "qdit"
+    assert 0 < m["fid"] < 1e4 and 0 < m["fid_fp_model"] < 1e4
+    assert 0 < m["fid_fp"] < m["fid_fp_model"]
+    assert 20 < m["psnr_fp"] < 60 and 0.8 < m["ssim_fp"] < 1.0
+    q = json.loads((built_pipeline / "data/quant/quant.json").read_text())
+    assert m["size_mb"] == q["size_mb"]
 
 
 def test_every_stage_logged_to_mlflow_under_one_group(built_pipeline):
@@ -99,11 +114,12 @@ def test_every_stage_logged_to_mlflow_under_one_group(built_pipeline):
     exp = client.get_experiment_by_name("qdit")
     runs = client.search_runs([exp.experiment_id])
     by_stage = {r.data.tags["qdit.stage"]: r for r in runs}
-    assert set(by_stage) == {"model", "calibrate", "stats", "sample_fp", "sample", "evaluate"}
+    assert set(by_stage) == {"model", "calibrate", "stats", "quantize", "sample_fp", "sample", "evaluate"}
     assert len({r.data.tags["qdit.run_group"] for r in runs}) == 1
     ev = by_stage["evaluate"]
     assert ev.data.metrics["fid"] == pytest.approx(json.loads((built_pipeline / "metrics.json").read_text())["fid"])
-    assert math.isinf(ev.data.metrics["psnr_fp"]) or ev.data.metrics["psnr_fp"] > 1e300
+    assert ev.data.metrics["size_mb"] < ev.data.metrics["fp16_size_mb"]
+    assert by_stage["quantize"].data.params["quant.weight.bits"] == "4"
     assert by_stage["sample"].data.params["sample.num_images"] == str(N_IMAGES)
     assert "train_loss" in by_stage["model"].data.metrics
     arts = {a.path for a in client.list_artifacts(by_stage["stats"].info.run_id)}
@@ -152,3 +168,74 @@ def test_tracking_disabled_writes_no_mlflow_store(pipeline_copy):
     run_stage("evaluate")
     assert (pipeline_copy / "metrics.json").is_file()
     assert not (pipeline_copy / "mlflow.db").exists() and not (pipeline_copy / "mlartifacts").exists()
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ({"quant": {"weight": {"group_size": 48}}}, "group size 48 does not divide its input size 128; valid group sizes: 1, 2, 4, 8, 16, 32, 64, 128"),
+    ({"quant": {"weight": {"bits": 12}}}, "quant.weight.bits = 12 is not allowed; allowed: 2 to 8, or 16"),
+    ({"quant": {"include": ["blocks.*.qkv"]}}, "matches no Linear"),
+])
+def test_quantize_refuses_bad_settings_and_writes_nothing(pipeline_copy, capsys, extra, fragment):
+    import shutil
+
+    from tests.helpers import write_params
+
+    shutil.rmtree("data/quant")
+    write_params(pipeline_copy, extra)
+    with pytest.raises(SystemExit) as exit_:
+        run_stage("quantize")
+    assert exit_.value.code == 2
+    assert fragment in capsys.readouterr().err
+    assert not (pipeline_copy / "data/quant").exists()
+
+
+def test_plan_file_naming_a_missing_module(pipeline_copy, capsys):
+    from tests.helpers import write_params
+
+    plan = (pipeline_copy / "data/quant/plan.yaml").read_text().replace(
+        "transformer_blocks.1.ff.net.2:", "transformer_blocks.9.ff.net.2:")
+    (pipeline_copy / "my_plan.yaml").write_text(plan)
+    write_params(pipeline_copy, {"quant": {"plan": "my_plan.yaml"}})
+    import shutil
+    shutil.rmtree("data/quant")
+    with pytest.raises(SystemExit):
+        run_stage("quantize")
+    assert "plan names module 'transformer_blocks.9.ff.net.2'" in capsys.readouterr().err
+    assert not (pipeline_copy / "data/quant").exists()
+
+
+def test_nan_in_activations_names_layer_and_timestep(pipeline_copy, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    path = pipeline_copy / "data/model/transformer/diffusion_pytorch_model.safetensors"
+    weights = load_file(str(path))
+    weights["transformer_blocks.1.ff.net.0.proj.weight"][3, 7] = float("nan")
+    save_file(weights, str(path))
+    shutil.rmtree("data/quant")
+    with pytest.raises(SystemExit):
+        run_stage("quantize")
+    err = capsys.readouterr().err
+    assert "non-finite activation (NaN or Inf) at the input of layer 'transformer_blocks.1.ff.net.2' at timestep" in err
+    assert not (pipeline_copy / "data/quant").exists()
+
+
+@pytest.mark.parametrize("method, wbits, abits, gptq", [
+    ("rtn", 8, 8, False), ("qdit", 6, 8, False), ("qdit", 4, 16, False), ("qdit", 16, 8, False),
+    ("qdit", 4, 4, False), ("qdit", 4, 8, True), ("none", 4, 8, False),
+])
+def test_bit_settings_quantize_and_sample(pipeline_copy, method, wbits, abits, gptq):
+    from tests.helpers import write_params
+
+    write_params(pipeline_copy, {"quant": {"method": method, "weight": {"bits": wbits, "gptq": gptq},
+                                           "act": {"bits": abits}}})
+    run_stage("quantize")
+    run_stage("sample")
+    run_stage("evaluate")
+    m = json.loads((pipeline_copy / "metrics.json").read_text())
+    if method == "none":
+        assert m["psnr_fp"] == "inf" and m["size_mb"] == m["fp16_size_mb"]
+    else:
+        assert 15 < m["psnr_fp"] < 80
+        assert (m["size_mb"] < m["fp16_size_mb"]) if wbits < 16 else (m["size_mb"] == m["fp16_size_mb"])

@@ -1,0 +1,116 @@
+"""Stage `quantize`: the FP model quantized as `quant.*` (or a plan file) says -> data/quant/.
+
+Writes plan.yaml, quantized.safetensors (uint8 codes, float16 scales, integer zero points) and
+quant.json: model size as papers report it (codes at their bit width + scales and zero points;
+everything else at 16 bits), weight SQNR, and the relative error of the denoiser output
+against FP on the calibration records.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from pipeline.config import flat
+from pipeline.errors import UserError
+from pipeline.io import atomic_dir, read_calibration, write_json, write_quantized
+from pipeline.models.loader import default_device, load_fp_model
+from pipeline.quant.apply import (act_ranges, gptq_model, linear_in_features, model_size, outputs, quant_state,
+                                  quantize_model)
+from pipeline.quant.plan import QuantPlan, build_plan
+from pipeline.quant.quantizer import FP_BITS, sqnr_db
+from pipeline.sampling import guided_inputs
+from pipeline.tracking import log_stage
+from stages.common import CALIB, MODEL, QUANT, STATS, main
+
+
+def make_plan(cfg, in_features: dict[str, int]) -> QuantPlan:
+    q = cfg.quant
+    try:
+        if q.plan:
+            plan = QuantPlan.read(q.plan)
+        else:
+            plan = build_plan(in_features, method=q.method, include=list(q.include), exclude=list(q.exclude),
+                              weight_bits=q.weight.bits, group_size=q.weight.group_size,
+                              weight_symmetric=q.weight.symmetric, clip_search=q.weight.clip_search,
+                              gptq=q.weight.gptq, act_bits=q.act.bits, act_mode=q.act.mode,
+                              act_group_size=q.act.group_size, act_symmetric=q.act.symmetric,
+                              attn_bits=q.attn_bits)
+        plan.validate(in_features)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"quantization plan{' ' + str(q.plan) if q.plan else ''}: {e}") from None
+    return plan
+
+
+def calibration_batches(fp, device, batch_size: int) -> list[dict]:
+    records, manifest = read_calibration(CALIB)
+    if manifest["x_shape"] != list(fp.latent_shape):
+        raise UserError(f"{CALIB}: calibration samples have shape {manifest['x_shape']}, the model in "
+                        f"{MODEL} expects {list(fp.latent_shape)}; rerun `calibrate`")
+    dtype = next(fp.transformer.parameters()).dtype
+    x, t, y = (torch.from_numpy(records[k]) for k in ("x", "t", "y"))
+    batches = []
+    for i in range(0, len(x), batch_size):
+        kw = guided_inputs(x[i:i + batch_size], t[i:i + batch_size], y[i:i + batch_size],
+                           manifest["guidance_scale"] > 1.0, fp.null_label)
+        batches.append({k: v.to(device, dtype if k == "hidden_states" else None) for k, v in kw.items()})
+    return batches
+
+
+def run(cfg, args) -> None:
+    fp = load_fp_model(MODEL)
+    model = fp.transformer
+    in_features = linear_in_features(model)
+    plan = make_plan(cfg, in_features)
+    start = time.time()
+    device = default_device()
+    model.to(device)
+    ranges = act_ranges(load_file(str(STATS / "stats.safetensors")), plan) if plan.needs_ranges() else None
+    batches = calibration_batches(fp, device, cfg.quant.gptq.batch_size)
+    reference = outputs(model, batches, check=plan.layers)
+    fp_weights = {n: model.get_submodule(n).weight.detach().float().cpu().clone() for n in plan.layers}
+    if plan.gptq:
+        g = cfg.quant.gptq
+        gptq_model(model, plan, batches, ranges, block_size=g.block_size, damp=g.damp)
+    else:
+        quantize_model(model, plan, ranges)
+    quantized = outputs(model, batches)
+    if not torch.isfinite(quantized).all():
+        bad = (~torch.isfinite(quantized)).flatten(1).any(1).nonzero()[0, 0].item()
+        t = torch.cat([b["timestep"].cpu() for b in batches])[bad]
+        raise UserError(f"the quantized model outputs NaN/Inf on calibration inputs (timestep {int(t)}); "
+                        "the plan is too aggressive or the ranges are broken")
+    rel_err = float((quantized - reference).norm() / reference.norm()) if plan.layers else 0.0
+    sqnr = [sqnr_db(fp_weights[n], model.get_submodule(n).dequantized_weight().cpu())
+            for n, lp in plan.layers.items() if lp.weight_bits != FP_BITS]
+    size = model_size(model)
+    seconds = time.time() - start
+    summary = {
+        "method": plan.method, "quantized_layers": len(plan.layers),
+        "weight_bits": sorted({lp.weight_bits for lp in plan.layers.values()}),
+        "act_bits": sorted({lp.act_bits for lp in plan.layers.values()}),
+        "size_mb": size["size_mb"], "fp16_size_mb": size["fp16_size_mb"],
+        "compression": size["fp16_size_mb"] / size["size_mb"],
+        "calib_rel_err": rel_err,
+        "weight_sqnr_db_mean": float(np.mean(sqnr)) if sqnr else None,
+        "weight_sqnr_db_min": float(np.min(sqnr)) if sqnr else None,
+    }
+    with atomic_dir(QUANT) as tmp:
+        write_quantized(tmp, plan, quant_state(model, plan))
+        write_json(tmp / "quant.json", summary)
+    print(f"[quantize] {plan.method}: {len(plan.layers)} layers, {size['size_mb']:.3f} MB "
+          f"(FP16 {size['fp16_size_mb']:.3f} MB), relative output error {rel_err:.4f}")
+    metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    log_stage(cfg, "quantize", flat(cfg, ["quant"]), metrics | {"seconds": seconds},
+              [QUANT / "plan.yaml", QUANT / "quant.json"])
+
+
+def cli(argv: list[str] | None = None) -> None:
+    main("quantize", run, argv=argv)
+
+
+if __name__ == "__main__":
+    cli()
