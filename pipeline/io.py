@@ -135,7 +135,7 @@ def write_calibration_shards(out_dir: Path, records: dict[str, np.ndarray], shar
     for start in range(0, n, shard_size):
         name = f"calib-{start // shard_size:06d}.tar"
         stop = min(start + shard_size, n)
-        with wds.TarWriter(str(out_dir / name)) as sink:
+        with wds.TarWriter(str(out_dir / name), mtime=0) as sink:  # fixed mtime: reproducible bytes
             for i in range(start, stop):
                 sink.write({
                     "__key__": f"{i:08d}",

@@ -35,6 +35,17 @@ def test_failed_first_write_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_shards_are_byte_reproducible(tmp_path):
+    import time
+
+    digests = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        digests.append([s["sha256"] for s in write_calibration_shards(tmp_path / name, _records(), 4)])
+        time.sleep(1.1)  # tar headers would otherwise carry a different mtime
+    assert digests[0] == digests[1]
+
+
 def test_calibration_shards_round_trip(tmp_path):
     recs = _records()
     shards = write_calibration_shards(tmp_path, recs, shard_size=3)

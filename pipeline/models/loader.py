@@ -43,15 +43,30 @@ class FPModel:
         return (c.in_channels, c.sample_size, c.sample_size)
 
 
+def _stable_config(config: dict) -> dict:
+    """diffusers records `_use_default_values` in set order, which changes with the hash seed;
+    sorted, the same model gives the same bytes (and the same DVC hash)."""
+    config = dict(config)
+    if "_use_default_values" in config:
+        config["_use_default_values"] = sorted(config["_use_default_values"])
+    return config
+
+
+def _stabilise(config_path: Path) -> None:
+    config_path.write_text(json.dumps(_stable_config(json.loads(config_path.read_text())), indent=2, sort_keys=True))
+
+
 def save_fp_model(out_dir: Path, transformer: DiTTransformer2DModel, vae: AutoencoderKL | None,
                   scheduler_config: dict, info: dict) -> None:
     transformer.save_pretrained(out_dir / "transformer")
+    _stabilise(out_dir / "transformer" / "config.json")
     (out_dir / "scheduler").mkdir(parents=True, exist_ok=True)
     (out_dir / "scheduler" / "scheduler_config.json").write_text(
-        json.dumps(scheduler_config, indent=2, sort_keys=True))
+        json.dumps(_stable_config(scheduler_config), indent=2, sort_keys=True))
     cls_name = scheduler_config.get("_class_name", "DDPMScheduler")
     if vae is not None:
         vae.save_pretrained(out_dir / "vae")
+        _stabilise(out_dir / "vae" / "config.json")
         (out_dir / "model_index.json").write_text(json.dumps({
             "_class_name": "DiTPipeline",
             "transformer": ["diffusers", "DiTTransformer2DModel"],

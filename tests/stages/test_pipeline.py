@@ -239,3 +239,27 @@ def test_bit_settings_quantize_and_sample(pipeline_copy, method, wbits, abits, g
     else:
         assert 15 < m["psnr_fp"] < 80
         assert (m["size_mb"] < m["fp16_size_mb"]) if wbits < 16 else (m["size_mb"] == m["fp16_size_mb"])
+
+
+def test_model_stage_is_byte_identical_across_processes_and_hash_seeds(tmp_path):
+    """Same params, two processes with different PYTHONHASHSEED: the same files, byte for byte
+    (so DVC hashes, and everything downstream, do not change)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, write_params
+
+    digests = []
+    for seed in ("1", "2"):
+        proj = tmp_path / seed
+        proj.mkdir()
+        write_params(proj, {"tracking": {"enabled": False}})
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": seed}
+        proc = subprocess.run([sys.executable, "-m", "stages.model"], cwd=proj, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        files = sorted(p for p in (proj / "data/model").rglob("*") if p.is_file())
+        digests.append({str(p.relative_to(proj)): p.read_bytes() for p in files})
+    assert digests[0].keys() == digests[1].keys() and len(digests[0]) == 6
+    assert digests[0] == digests[1]
