@@ -27,6 +27,17 @@ METRICS = Path("metrics.json")
 PLOTS = Path("plots")
 
 
+def read_calibration_for(fp) -> tuple[dict, dict]:
+    """The calibration records, checked to fit the FP model they will run through."""
+    from pipeline.io import read_calibration
+
+    records, manifest = read_calibration(CALIB)
+    if manifest["x_shape"] != list(fp.latent_shape):
+        raise UserError(f"{CALIB}: calibration samples have shape {manifest['x_shape']}, the model in "
+                        f"{MODEL} expects {list(fp.latent_shape)}; rerun `calibrate` for this model")
+    return records, manifest
+
+
 def main(stage: str, body: Callable[[DictConfig, argparse.Namespace], None],
          add_args: Callable[[argparse.ArgumentParser], None] | None = None,
          argv: list[str] | None = None) -> None:

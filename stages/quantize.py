@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from pipeline.config import flat
 from pipeline.errors import UserError
-from pipeline.io import atomic_dir, read_calibration, write_json, write_quantized
+from pipeline.io import atomic_dir, write_json, write_quantized
 from pipeline.models.loader import default_device, load_fp_model
 from pipeline.quant.apply import (act_ranges, gptq_model, linear_in_features, model_size, outputs, quant_state,
                                   quantize_model)
@@ -24,7 +24,7 @@ from pipeline.quant.plan import QuantPlan, build_plan
 from pipeline.quant.quantizer import FP_BITS, sqnr_db
 from pipeline.sampling import guided_inputs
 from pipeline.tracking import log_stage
-from stages.common import CALIB, MODEL, QUANT, STATS, main
+from stages.common import MODEL, QUANT, STATS, main, read_calibration_for
 
 
 def make_plan(cfg, in_features: dict[str, int]) -> QuantPlan:
@@ -46,10 +46,7 @@ def make_plan(cfg, in_features: dict[str, int]) -> QuantPlan:
 
 
 def calibration_batches(fp, device, batch_size: int) -> list[dict]:
-    records, manifest = read_calibration(CALIB)
-    if manifest["x_shape"] != list(fp.latent_shape):
-        raise UserError(f"{CALIB}: calibration samples have shape {manifest['x_shape']}, the model in "
-                        f"{MODEL} expects {list(fp.latent_shape)}; rerun `calibrate`")
+    records, manifest = read_calibration_for(fp)
     dtype = next(fp.transformer.parameters()).dtype
     x, t, y = (torch.from_numpy(records[k]) for k in ("x", "t", "y"))
     batches = []

@@ -16,23 +16,18 @@ from safetensors.torch import save_file
 
 from pipeline import plots
 from pipeline.config import flat
-from pipeline.errors import UserError
-from pipeline.io import atomic_dir, atomic_file, read_calibration, write_json
+from pipeline.io import atomic_dir, atomic_file, write_json
 from pipeline.lit.runner import IndexDataset, run_predict
 from pipeline.lit.stats import StatsModule
 from pipeline.models.loader import load_fp_model
 from pipeline.quant.targets import default_targets
 from pipeline.tracking import log_stage
-from stages.common import CALIB, DATA, MODEL, PLOTS, STATS, main
+from stages.common import DATA, MODEL, PLOTS, STATS, main, read_calibration_for
 
 def run(cfg, args) -> None:
     s = cfg.stats
     fp = load_fp_model(MODEL)
-    records, manifest = read_calibration(CALIB)
-    expected = list(fp.latent_shape)
-    if manifest["x_shape"] != expected:
-        raise UserError(f"{CALIB}: calibration samples have shape {manifest['x_shape']} but the model "
-                        f"in {MODEL} expects {expected}; rerun `calibrate` for this model")
+    records, manifest = read_calibration_for(fp)
     timesteps = np.asarray(manifest["timesteps"])
     recs = {k: torch.from_numpy(v) for k, v in records.items()}
     module = StatsModule(fp, recs, num_slots=len(timesteps), guided=manifest["guidance_scale"] > 1.0)
