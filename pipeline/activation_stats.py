@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from pipeline.errors import UserError
+from pipeline.errors import require_finite
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
@@ -45,11 +45,8 @@ class ActivationStats:
             x = args[0].detach()
             rows = x.shape[0]
             x = x.reshape(rows, -1, x.shape[-1]).float()
-            if not torch.isfinite(x).all():
-                bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero()[0, 0].item()
-                raise UserError(f"non-finite activation (NaN or Inf) at the input of layer '{name}' "
-                                f"at timestep {int(self._timestep[bad])}; the FP model or its "
-                                "calibration data is broken")
+            require_finite(x, self._timestep, "activation", f"at the input of layer '{name}'",
+                           "; the FP model or its calibration data is broken")
             lo, hi = x.amin(1).cpu(), x.amax(1).cpu()
             index = self._slots[:rows, None].expand_as(lo)
             self.min[name].scatter_reduce_(0, index, lo, "amin")

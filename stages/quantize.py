@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.config import flat
-from pipeline.errors import UserError
+from pipeline.errors import UserError, require_finite
 from pipeline.io import atomic_dir, write_json, write_quantized
 from pipeline.models.loader import default_device, load_fp_model
 from pipeline.quant.apply import (act_ranges, gptq_model, linear_in_features, model_size, outputs, quant_state,
@@ -75,11 +75,9 @@ def run(cfg, args) -> None:
     else:
         quantize_model(model, plan, ranges)
     quantized = outputs(model, batches)
-    if not torch.isfinite(quantized).all():
-        bad = (~torch.isfinite(quantized)).flatten(1).any(1).nonzero()[0, 0].item()
-        t = torch.cat([b["timestep"].cpu() for b in batches])[bad]
-        raise UserError(f"the quantized model outputs NaN/Inf on calibration inputs (timestep {int(t)}); "
-                        "the plan is too aggressive or the ranges are broken")
+    require_finite(quantized, torch.cat([b["timestep"].cpu() for b in batches]), "output",
+                   "of the quantized model on calibration inputs",
+                   "; the plan is too aggressive or the ranges are broken")
     rel_err = float((quantized - reference).norm() / reference.norm()) if plan.layers else 0.0
     sqnr = [sqnr_db(fp_weights[n], model.get_submodule(n).dequantized_weight().cpu())
             for n, lp in plan.layers.items() if lp.weight_bits != FP_BITS]

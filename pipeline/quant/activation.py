@@ -33,6 +33,11 @@ class ActSpec:
     def active(self) -> bool:
         return self.bits != FP_BITS and self.mode != "none"
 
+    @property
+    def static(self) -> bool:
+        """Uses calibrated ranges (static or static_timestep), rather than none or dynamic."""
+        return self.active and self.mode in ("static", "static_timestep")
+
 
 class TimestepContext:
     """Holds the timestep of the current forward for static per-timestep ranges."""
@@ -87,14 +92,14 @@ class ActQuantizer(Float32Buffers):
 
     @property
     def is_static(self) -> bool:
-        return self.spec.active and self.spec.mode in ("static", "static_timestep")
+        return self.spec.static
 
     @classmethod
     def from_ranges(cls, spec: ActSpec, ranges: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
                     ctx: TimestepContext | None = None) -> "ActQuantizer":
         """ranges: (lo [T], hi [T], timesteps [T]) from the stats stage."""
         static = None
-        if ranges is not None and spec.active and spec.mode in ("static", "static_timestep"):
+        if ranges is not None and spec.static:
             lo, hi, ts = ranges
             static = (*qparams(lo, hi, spec.bits, spec.symmetric), ts)
         return cls(spec, static, ctx)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, require_finite
 from pipeline.quant.activation import ActQuantizer, TimestepContext, attach_timestep_context
 from pipeline.quant.attention import QuantAttnProcessor
 from pipeline.quant.gptq import HessianAccumulator, gptq_quantize
@@ -54,7 +54,7 @@ def act_ranges(stats: dict[str, torch.Tensor], plan: QuantPlan) -> Ranges:
     seen = stats["count"] > 0
     timesteps = stats["timesteps"][seen].float()
     for name, lp in plan.layers.items():
-        if not lp.act_spec.active or lp.act_mode == "dynamic":
+        if not lp.act_spec.static:
             continue
         if f"{name}/min" not in stats:
             raise UserError(f"activation statistics have no entry for {name}; rerun the `stats` stage")
@@ -117,7 +117,6 @@ def gptq_model(model: nn.Module, plan: QuantPlan, batches: list[dict], ranges: R
                 continue
             layer = model.get_submodule(name)
             accs[name] = HessianAccumulator(layer.in_features, layer.weight.device)
-
             hooks.append(layer.register_forward_pre_hook(_finite_check(name, current)))
             hooks.append(layer.register_forward_pre_hook(lambda m, args, name=name: accs[name].add(args[0])))
         if block_name is not None:
@@ -187,9 +186,9 @@ def load_quantized(model: nn.Module, plan: QuantPlan, state: dict[str, torch.Ten
 
     for name, lp in plan.layers.items():
         linear = model.get_submodule(name)
-        act = ActQuantizer(lp.act_spec, None, ctx) if lp.act_mode == "dynamic" or not lp.act_spec.active else \
-            ActQuantizer(lp.act_spec, (get(f"{name}.act.scale"), get(f"{name}.act.zero"),
-                                       get(f"{name}.act.timesteps")), ctx)
+        static = (get(f"{name}.act.scale"), get(f"{name}.act.zero"), get(f"{name}.act.timesteps")) \
+            if lp.act_spec.static else None
+        act = ActQuantizer(lp.act_spec, static, ctx)
         q = QuantLinear(linear.in_features, linear.out_features, linear.bias is not None, lp.weight_bits,
                         lp.weight_granularity, act, dtype=linear.weight.dtype,
                         weight_symmetric=lp.weight_symmetric).to(linear.weight.device)
@@ -235,12 +234,7 @@ def model_size(model: nn.Module) -> dict[str, float]:
 
 def _finite_check(name: str, current: dict):
     def hook(module, args):
-        x = args[0]
-        if not torch.isfinite(x).all():
-            rows = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero()
-            t = current["timestep"].reshape(-1)
-            raise UserError(f"non-finite activation (NaN or Inf) at the input of layer '{name}' "
-                            f"at timestep {int(t[rows[0, 0]] if len(t) > 1 else t[0])}")
+        require_finite(args[0], current["timestep"], "activation", f"at the input of layer '{name}'")
     return hook
 
 

@@ -105,7 +105,7 @@ class QuantPlan:
                 Granularity("group", lp.act_group_size).check(f"{name} (activations)", c)
 
     def needs_ranges(self) -> bool:
-        return any(lp.act_spec.active and lp.act_mode != "dynamic" for lp in self.layers.values())
+        return any(lp.act_spec.static for lp in self.layers.values())
 
 
 def build_plan(in_features: dict[str, int], *, method: str, include, exclude, weight_bits: int, group_size: int,
