@@ -20,6 +20,7 @@ from pipeline.quant.activation import ACT_MODES
 from pipeline.quant.plan import METHODS
 from pipeline.quant.quantizer import SUPPORTED_BITS
 from pipeline.quant.targets import DEFAULT_INCLUDE
+from pipeline.search.evolution import EvolutionParams
 from pipeline.seeds import MAX_BASE_SEED, MAX_IMAGES
 
 SCHEDULERS = ("ddim", "ddpm", "dpm_solver")
@@ -27,6 +28,8 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 STRATEGIES = ("auto", "ddp")  # ddp_spawn would pickle the models and their hooks
 PRECISIONS = ("32-true", "bf16-true", "16-true", "bf16-mixed", "16-mixed", "64-true")
 FEATURES = ("auto", "digits", "inception")
+FITNESSES = ("mse", "sample_mse", "fid_fp", "fid")  # see pipeline/search/fitness.py
+BUDGET_METRICS = ("bitops", "size")
 
 
 @dataclass
@@ -113,6 +116,21 @@ class QuantConfig:
 
 
 @dataclass
+class SearchConfig(EvolutionParams):
+    enabled: bool = True
+    group_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    budget_metric: str = "bitops"
+    budget: float | None = None
+    fitness: str = "sample_mse"
+    num_images: int = 64
+    steps: int = 10
+    scheduler: str = "ddim"
+    guidance_scale: float = 1.0
+    image_seed: int = 2
+    batch_size: int = 250
+
+
+@dataclass
 class SampleConfig:
     num_images: int = 1000
     steps: int = 50
@@ -152,6 +170,7 @@ class Params:
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -220,6 +239,7 @@ def validate(cfg: DictConfig, path: Path = Path("params.yaml")) -> None:
         "calibrate.num_samples", "calibrate.steps", "calibrate.batch_size", "calibrate.shard_size",
         "stats.batch_size", "stats.top_channels",
         "sample.num_images", "sample.steps", "sample.batch_size", "sample.grid_size",
+        "search.population", "search.top_k", "search.steps", "search.batch_size",
         "evaluate.batch_size",
     ])
     tiny = cfg.model.tiny
@@ -236,7 +256,7 @@ def validate(cfg: DictConfig, path: Path = Path("params.yaml")) -> None:
     _require(0.0 < hold < 0.5, path, "model.classifier.holdout", hold, "0 < value < 0.5")
     _require(bool(cfg.model.source.strip()), path, "model.source", cfg.model.source,
              "'tiny', a local diffusers DiT directory, or a Hugging Face Hub id")
-    for section in ("calibrate", "sample"):
+    for section in ("calibrate", "sample", "search"):
         sched = cfg[section].scheduler
         _require(sched in SCHEDULERS, path, f"{section}.scheduler", sched, ", ".join(SCHEDULERS))
         steps = cfg[section].steps
@@ -244,7 +264,7 @@ def validate(cfg: DictConfig, path: Path = Path("params.yaml")) -> None:
         scale = cfg[section].guidance_scale
         _require(scale >= 1.0, path, f"{section}.guidance_scale", scale,
                  "a number >= 1.0 (1.0 = no classifier-free guidance)")
-    for key in ("calibrate.seed", "sample.seed"):
+    for key in ("calibrate.seed", "sample.seed", "search.image_seed"):
         value = OmegaConf.select(cfg, key)
         _require(0 <= value <= MAX_BASE_SEED, path, key, value, f"0 to {MAX_BASE_SEED} (image seeds are 32-bit)")
     for key in ("calibrate.num_samples", "sample.num_images"):
@@ -266,6 +286,20 @@ def validate(cfg: DictConfig, path: Path = Path("params.yaml")) -> None:
              "false when quant.weight.bits is 16 (nothing to round)")
     _require(0 < q.gptq.damp < 1, path, "quant.gptq.damp", q.gptq.damp, "0 < value < 1")
     _positive_ints(cfg, path, ["quant.gptq.block_size", "quant.gptq.batch_size"])
+    sr = cfg.search
+    _require(sr.fitness in FITNESSES, path, "search.fitness", sr.fitness, ", ".join(FITNESSES))
+    _require(sr.budget_metric in BUDGET_METRICS, path, "search.budget_metric", sr.budget_metric,
+             "bitops (GBOPs per image per denoiser forward) or size (MB of the quantized layers)")
+    _require(sr.budget is None or sr.budget > 0, path, "search.budget", sr.budget,
+             "null (the cost of the uniform quant.weight.group_size plan) or a number > 0")
+    _require(len(sr.group_sizes) > 0 and all(g >= 1 for g in sr.group_sizes), path, "search.group_sizes",
+             list(sr.group_sizes), "a non-empty list of integers >= 1")
+    _require(0.0 <= sr.mutation_prob <= 1.0, path, "search.mutation_prob", sr.mutation_prob, "0 <= value <= 1")
+    for key in ("search.mutations", "search.crossovers", "search.generations", "search.seed"):
+        value = OmegaConf.select(cfg, key)
+        _require(value >= 0, path, key, value, "an integer >= 0")
+    _require(sr.num_images >= 2, path, "search.num_images", sr.num_images, "an integer >= 2 (FID needs two images)")
+    _require(sr.num_images <= MAX_IMAGES, path, "search.num_images", sr.num_images, f"2 to {MAX_IMAGES}")
     feats = cfg.evaluate.features
     _require(feats in FEATURES, path, "evaluate.features", feats, ", ".join(FEATURES))
     tr = cfg.trainer

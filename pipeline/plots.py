@@ -74,3 +74,55 @@ def top_channels(absmax: np.ndarray, timesteps: np.ndarray, layer: str, k: int, 
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return [int(c) for c in top]
+
+
+def _save(fig, path: Path) -> None:
+    plt = _pyplot()
+    fig.tight_layout()
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+def group_sizes(layers: dict[str, int], path: Path, title: str) -> None:
+    """The chosen group size of each layer: a block x layer-kind table when the names are
+    `transformer_blocks.<i>.<kind>`, one row per layer otherwise. Colour is log2(g)."""
+    plt = _pyplot()
+    cells: dict[tuple[str, str], int] = {}
+    for name, g in layers.items():
+        parts = name.split(".")
+        block, kind = (parts[1], ".".join(parts[2:])) if parts[0] == "transformer_blocks" and len(parts) > 2 \
+            else ("-", name)
+        cells[(kind, block)] = g
+    kinds = list(dict.fromkeys(k for k, _ in cells))
+    blocks = sorted({b for _, b in cells}, key=lambda b: (not b.isdigit(), int(b) if b.isdigit() else 0, b))
+    grid = np.full((len(kinds), len(blocks)), np.nan)
+    for (k, b), g in cells.items():
+        grid[kinds.index(k), blocks.index(b)] = np.log2(g)
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(blocks) + 3), max(2.5, 0.4 * len(kinds) + 1.5)))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    if len(blocks) * len(kinds) <= 400:
+        for (k, b), g in cells.items():
+            ax.text(blocks.index(b), kinds.index(k), str(g), ha="center", va="center", fontsize=7, color="w")
+    ax.set_xticks(range(len(blocks)), blocks, fontsize=7)
+    ax.set_yticks(range(len(kinds)), kinds, fontsize=7)
+    ax.set_xlabel("transformer block")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="log2(group size)")
+    _save(fig, path)
+
+
+def search_progress(history: list[dict], base_fitness: float, fitness_name: str, path: Path) -> None:
+    """Best and top-k mean fitness per generation, beside the base (uniform) plan's."""
+    plt = _pyplot()
+    gens = [h["generation"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(gens, [h["best"] for h in history], "o-", label="best so far")
+    ax.plot(gens, [h["topk_mean"] for h in history], "s--", label="top-k mean")
+    ax.plot(gens, [h["generation_mean"] for h in history], ":", color="grey", label="generation mean")
+    ax.axhline(base_fitness, color="r", lw=1, label="uniform plan")
+    ax.set_xlabel("generation")
+    ax.set_ylabel(f"fitness ({fitness_name}, lower is better)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    _save(fig, path)

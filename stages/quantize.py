@@ -1,4 +1,4 @@
-"""Stage `quantize`: the FP model quantized as `quant.*` (or a plan file) says -> data/quant/.
+"""Stage `quantize`: the FP model quantized by the plan of data/search/plan.yaml -> data/quant/.
 
 Writes plan.yaml, quantized.safetensors (uint8 codes, float16 scales, integer zero points) and
 quant.json: model size as papers report it (codes at their bit width + scales and zero points;
@@ -20,48 +20,28 @@ from pipeline.io import atomic_dir, write_json, write_quantized
 from pipeline.models.loader import default_device, load_fp_model
 from pipeline.quant.apply import (act_ranges, gptq_model, linear_in_features, model_size, outputs, quant_state,
                                   quantize_model)
-from pipeline.quant.plan import QuantPlan, build_plan
+from pipeline.quant.plan import QuantPlan
 from pipeline.quant.quantizer import FP_BITS, sqnr_db
-from pipeline.sampling import guided_inputs
 from pipeline.tracking import log_stage
-from stages.common import MODEL, QUANT, STATS, main, read_calibration_for
+from stages.common import MODEL, QUANT, SEARCH, STATS, calibration_batches, main
 
 
-def make_plan(cfg, in_features: dict[str, int]) -> QuantPlan:
-    q = cfg.quant
+def read_plan(path, in_features: dict[str, int]) -> QuantPlan:
+    if not path.is_file():
+        raise UserError(f"{path} not found: run the `search` stage first (it writes the plan, searched or not)")
     try:
-        if q.plan:
-            plan = QuantPlan.read(q.plan)
-        else:
-            plan = build_plan(in_features, method=q.method, include=list(q.include), exclude=list(q.exclude),
-                              weight_bits=q.weight.bits, group_size=q.weight.group_size,
-                              weight_symmetric=q.weight.symmetric, clip_search=q.weight.clip_search,
-                              gptq=q.weight.gptq, act_bits=q.act.bits, act_mode=q.act.mode,
-                              act_group_size=q.act.group_size, act_symmetric=q.act.symmetric,
-                              attn_bits=q.attn_bits)
+        plan = QuantPlan.read(path)
         plan.validate(in_features)
     except (ValueError, TypeError) as e:
-        raise UserError(f"quantization plan{' ' + str(q.plan) if q.plan else ''}: {e}") from None
+        raise UserError(f"quantization plan {path}: {e}") from None
     return plan
-
-
-def calibration_batches(fp, device, batch_size: int) -> list[dict]:
-    records, manifest = read_calibration_for(fp)
-    dtype = next(fp.transformer.parameters()).dtype
-    x, t, y = (torch.from_numpy(records[k]) for k in ("x", "t", "y"))
-    batches = []
-    for i in range(0, len(x), batch_size):
-        kw = guided_inputs(x[i:i + batch_size], t[i:i + batch_size], y[i:i + batch_size],
-                           manifest["guidance_scale"] > 1.0, fp.null_label)
-        batches.append({k: v.to(device, dtype if k == "hidden_states" else None) for k, v in kw.items()})
-    return batches
 
 
 def run(cfg, args) -> None:
     fp = load_fp_model(MODEL)
     model = fp.transformer
     in_features = linear_in_features(model)
-    plan = make_plan(cfg, in_features)
+    plan = read_plan(SEARCH / "plan.yaml", in_features)
     start = time.time()
     device = default_device()
     model.to(device)

@@ -35,7 +35,7 @@ def built_pipeline(tmp_path_factory) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        for stage, args in [("model", ()), ("calibrate", ()), ("stats", ()), ("quantize", ()), ("sample", ("--fp",)),
+        for stage, args in [("model", ()), ("calibrate", ()), ("stats", ()), ("search", ()), ("quantize", ()), ("sample", ("--fp",)),
                             ("sample", ()), ("evaluate", ())]:
             run_stage(stage, *args)
     finally:

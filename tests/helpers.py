@@ -58,6 +58,8 @@ FAST = {
               "classifier": {"epochs": 3}},
     "calibrate": {"num_samples": 24, "steps": 6, "batch_size": 8},
     "stats": {"batch_size": 8},
+    "search": {"population": 6, "top_k": 3, "mutations": 3, "crossovers": 3, "generations": 2,
+               "num_images": 16, "steps": 4, "batch_size": 8},
     "sample": {"num_images": 24, "steps": 5, "batch_size": 10, "grid_size": 4},
     "evaluate": {"batch_size": 16},
     "trainer": {"accelerator": "cpu", "devices": 1},

@@ -64,7 +64,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
-def make_trainer(trainer_cfg, callbacks: list[Callback]) -> L.Trainer:
+def make_trainer(trainer_cfg, callbacks: list[Callback], progress: bool = True) -> L.Trainer:
     _quiet_lightning()
     try:
         return L.Trainer(
@@ -76,13 +76,14 @@ def make_trainer(trainer_cfg, callbacks: list[Callback]) -> L.Trainer:
             enable_checkpointing=False,
             enable_model_summary=False,
             callbacks=callbacks,
+            enable_progress_bar=progress,
         )
     except (ValueError, RuntimeError, TypeError) as e:
         raise UserError(f"trainer settings cannot be used on this machine: {e}") from None
 
 
 def run_predict(module: L.LightningModule, dataset: Dataset, batch_size: int, trainer_cfg,
-                parts_dir: Path) -> tuple[dict[str, torch.Tensor] | None, Any, bool]:
+                parts_dir: Path, progress: bool = True) -> tuple[dict[str, torch.Tensor] | None, Any, bool]:
     """Returns (predictions merged by index, reduced state, is_main_process).
 
     Only the main process gets results; other ranks get (None, None, False) and should exit.
@@ -91,7 +92,7 @@ def run_predict(module: L.LightningModule, dataset: Dataset, batch_size: int, tr
     if launcher and parts_dir.exists():
         shutil.rmtree(parts_dir)  # leftovers of an interrupted run
     writer = _PartWriter(parts_dir)
-    trainer = make_trainer(trainer_cfg, [writer])
+    trainer = make_trainer(trainer_cfg, [writer], progress)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()
@@ -102,6 +103,15 @@ def run_predict(module: L.LightningModule, dataset: Dataset, batch_size: int, tr
     state = torch.load(state_path, weights_only=False) if state_path.exists() else None
     shutil.rmtree(parts_dir, ignore_errors=True)
     return preds, state, True
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """The main process's value on every process (a no-op without torch.distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
 
 
 def _merge(files: list[Path]) -> dict[str, torch.Tensor] | None:

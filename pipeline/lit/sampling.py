@@ -41,12 +41,19 @@ class _DenoiserModule(L.LightningModule):
 
 
 class SamplingModule(_DenoiserModule):
-    """Image i: noise from seed (seed, i), class label i mod num_classes (balanced classes)."""
+    """Image i: noise from seed (seed, i), class label i mod num_classes (balanced classes).
+    With `decode=False` it returns the final latents (float32) instead of images."""
+
+    def __init__(self, fp: FPModel, *, decode: bool = True, **kw):
+        super().__init__(fp, **kw)
+        self.decode = decode
 
     def predict_step(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         gens, noise = self._start(index)
         labels = index.cpu() % self.num_classes
         x0 = self._denoise(noise, labels, gens)
+        if not self.decode:
+            return {"index": index.cpu(), "latents": x0.float().cpu()}
         return {
             "index": index.cpu(),
             "images": to_uint8(decode(x0, self.vae)),

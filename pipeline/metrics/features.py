@@ -46,13 +46,13 @@ def build_extractor(kind: str, model_dir: Path, inception_weights: str | None = 
 
 @torch.no_grad()
 def extract(extractor: nn.Module, images_u8: np.ndarray, batch_size: int,
-            device: torch.device | None = None, desc: str = "features") -> torch.Tensor:
+            device: torch.device | None = None, desc: str = "features", progress: bool = True) -> torch.Tensor:
     """uint8 [N, H, W, C] -> float64 features [N, D]."""
     device = device or torch.device("cpu")
     extractor = extractor.to(device).eval()
     out = []
     for start in tqdm(range(0, len(images_u8), batch_size), desc=desc, mininterval=2.0,
-                      disable=len(images_u8) <= batch_size):
+                      disable=not progress or len(images_u8) <= batch_size):
         batch = torch.from_numpy(images_u8[start:start + batch_size]).permute(0, 3, 1, 2).to(device)
         feats = extractor(batch)
         feats = feats[0] if isinstance(feats, tuple) else feats

@@ -22,7 +22,8 @@ class _Precomputed(nn.Module):
 
 
 def _metric(dim: int) -> FrechetInceptionDistance:
-    return FrechetInceptionDistance(feature=_Precomputed(dim)).double()
+    # features are complete on the calling process: never sync with other DDP ranks
+    return FrechetInceptionDistance(feature=_Precomputed(dim), sync_on_compute=False).double()
 
 
 def set_real_statistics(metric: FrechetInceptionDistance, mu: np.ndarray, sigma: np.ndarray) -> None:

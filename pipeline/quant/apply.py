@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from pipeline.errors import UserError, require_finite
 from pipeline.quant.activation import ActQuantizer, TimestepContext, attach_timestep_context
 from pipeline.quant.attention import QuantAttnProcessor
+from pipeline.quant.cost import LayerShape, weight_storage_bits
 from pipeline.quant.gptq import HessianAccumulator, gptq_quantize
 from pipeline.quant.linear import QuantLinear
 from pipeline.quant.plan import LayerPlan, QuantPlan
@@ -28,18 +29,18 @@ def linear_in_features(model: nn.Module) -> dict[str, int]:
     return {n: m.in_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
-def _context(model: nn.Module, plan: QuantPlan) -> TimestepContext | None:
+def timestep_context(model: nn.Module, plan: QuantPlan) -> TimestepContext | None:
     if any(lp.act_spec.active and lp.act_mode == "static_timestep" for lp in plan.layers.values()):
         return attach_timestep_context(model)
     return None
 
 
-def _set_attention(model: nn.Module, plan: QuantPlan) -> None:
+def set_attention(model: nn.Module, plan: QuantPlan) -> None:
     if plan.attn_bits == FP_BITS:
         return
     for m in model.modules():
@@ -67,7 +68,7 @@ def act_ranges(stats: dict[str, torch.Tensor], plan: QuantPlan) -> Ranges:
     return out
 
 
-def _quant_linear(model: nn.Module, name: str, lp: LayerPlan, plan: QuantPlan, ranges: Ranges | None,
+def quant_linear(model: nn.Module, name: str, lp: LayerPlan, plan: QuantPlan, ranges: Ranges | None,
                   ctx: TimestepContext | None, codes=None) -> QuantLinear:
     linear = model.get_submodule(name)
     return QuantLinear.from_linear(linear, lp.weight_bits, lp.weight_granularity, lp.act_spec,
@@ -78,10 +79,10 @@ def _quant_linear(model: nn.Module, name: str, lp: LayerPlan, plan: QuantPlan, r
 def quantize_model(model: nn.Module, plan: QuantPlan, ranges: Ranges | None = None) -> nn.Module:
     """Round-to-nearest (with the plan's clipping search) of every planned layer, in place."""
     plan.validate(linear_in_features(model))
-    ctx = _context(model, plan)
+    ctx = timestep_context(model, plan)
     for name, lp in plan.layers.items():
-        _set_module(model, name, _quant_linear(model, name, lp, plan, ranges, ctx))
-    _set_attention(model, plan)
+        set_module(model, name, quant_linear(model, name, lp, plan, ranges, ctx))
+    set_attention(model, plan)
     return model
 
 
@@ -105,7 +106,7 @@ def gptq_model(model: nn.Module, plan: QuantPlan, batches: list[dict], ranges: R
     """GPTQ block by block: the Hessians of block k's linears come from inputs that already
     passed through the quantized blocks 0..k-1, as they will at sampling time."""
     plan.validate(linear_in_features(model))
-    ctx = _context(model, plan)
+    ctx = timestep_context(model, plan)
     current: dict = {}
     stages = _stages(plan)
     for block_name, names in tqdm(stages, desc="GPTQ", disable=not progress, mininterval=2.0):
@@ -141,8 +142,8 @@ def gptq_model(model: nn.Module, plan: QuantPlan, batches: list[dict], ranges: R
                 layer = model.get_submodule(name)
                 codes = gptq_quantize(layer.weight, accs[name].hessian(), lp.weight_bits, lp.weight_granularity,
                                       lp.weight_symmetric, plan.clip_search, block_size, damp)
-            _set_module(model, name, _quant_linear(model, name, lp, plan, ranges, ctx, codes))
-    _set_attention(model, plan)
+            set_module(model, name, quant_linear(model, name, lp, plan, ranges, ctx, codes))
+    set_attention(model, plan)
     return model
 
 
@@ -173,7 +174,7 @@ def load_quantized(model: nn.Module, plan: QuantPlan, state: dict[str, torch.Ten
         plan.validate(linear_in_features(model))
     except ValueError as e:
         raise UserError(f"{source}: {e}") from None
-    ctx = _context(model, plan)
+    ctx = timestep_context(model, plan)
 
     def get(key: str, shape=None) -> torch.Tensor:
         if key not in state:
@@ -201,8 +202,8 @@ def load_quantized(model: nn.Module, plan: QuantPlan, state: dict[str, torch.Ten
                 q.w_zero.copy_(get(f"{name}.w_zero", q.w_zero.shape).float())
             if linear.bias is not None:
                 q.bias.copy_(get(f"{name}.bias", linear.bias.shape))
-        _set_module(model, name, q)
-    _set_attention(model, plan)
+        set_module(model, name, q)
+    set_attention(model, plan)
     return model
 
 
@@ -215,14 +216,11 @@ def model_size(model: nn.Module) -> dict[str, float]:
     for name, m in model.named_modules():
         if isinstance(m, QuantLinear):
             inside.add(name)
-            n_w = m.in_features * m.out_features
-            extra = 16 * m.out_features if m.bias is not None else 0
-            fp16_bits += 16 * n_w + extra
-            if m.weight_bits == FP_BITS:
-                q_bits += 16 * n_w + extra
-            else:
-                zero_bits = 0 if m.weight_symmetric else m.weight_bits
-                q_bits += m.weight_bits * n_w + m.w_scale.numel() * (16 + zero_bits) + extra
+            bias = m.bias is not None
+            fp16_bits += weight_storage_bits(m.in_features, m.out_features, FP_BITS, 0, True, bias)
+            pairs = 0 if m.weight_bits == FP_BITS else m.w_scale.numel()
+            q_bits += weight_storage_bits(m.in_features, m.out_features, m.weight_bits, pairs,
+                                          m.weight_symmetric, bias)
             if m.act.is_static:
                 q_bits += m.act.scale.numel() * (16 + m.act.spec.bits)
     for name, p in model.named_parameters():
@@ -253,3 +251,23 @@ def outputs(model: nn.Module, batches: Iterable[dict], check: Iterable[str] = ()
     finally:
         for h in hooks:
             h.remove()
+
+
+@torch.no_grad()
+def measure_shapes(model: nn.Module, names: Iterable[str], kwargs: dict) -> dict[str, LayerShape]:
+    """Each named linear's shape and input rows per image, from one forward of `kwargs`
+    (DiT: the patch tokens; rows / batch size, so classifier-free guidance does not count)."""
+    rows: dict[str, int] = {}
+    images = kwargs["hidden_states"].shape[0]
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda m, args, n=n: rows.__setitem__(n, args[0].numel() // args[0].shape[-1])) for n in names]
+    try:
+        model(**kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for n in names:
+        m = model.get_submodule(n)
+        out[n] = LayerShape(m.in_features, m.out_features, rows.get(n, 0) // images, m.bias is not None)
+    return out

@@ -152,3 +152,19 @@ def describe(plan: QuantPlan) -> str:
     more = f" +{len(settings) - 3} more" if len(settings) > 3 else ""
     extra = " + GPTQ" if plan.gptq else ""
     return f"{plan.method} {', '.join(parts)}{more}{extra}, {len(plan.layers)} layers"
+
+
+def plan_from_params(q, in_features: dict[str, int]) -> QuantPlan:
+    """The plan params.yaml's `quant` section asks for: the file `quant.plan` if set, else the
+    uniform plan of `quant.method`. Validated against the model; ValueError otherwise."""
+    if q.plan:
+        plan = QuantPlan.read(q.plan)
+    else:
+        plan = build_plan(in_features, method=q.method, include=list(q.include), exclude=list(q.exclude),
+                          weight_bits=q.weight.bits, group_size=q.weight.group_size,
+                          weight_symmetric=q.weight.symmetric, clip_search=q.weight.clip_search,
+                          gptq=q.weight.gptq, act_bits=q.act.bits, act_mode=q.act.mode,
+                          act_group_size=q.act.group_size, act_symmetric=q.act.symmetric,
+                          attn_bits=q.attn_bits)
+    plan.validate(in_features)
+    return plan

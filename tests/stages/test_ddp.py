@@ -47,3 +47,25 @@ def test_two_ddp_processes_match_one(pipeline_copy, built_pipeline):
         assert torch.allclose(s1[k].double(), s2[k].double(), atol=1e-4), k
     assert torch.equal(s1["count"], s2["count"])
     assert not [p for p in (pipeline_copy / "data").iterdir() if p.name.startswith(".")]
+
+
+def test_search_fitness_spreads_over_two_ddp_processes(pipeline_copy, built_pipeline):
+    import json
+    import shutil
+
+    search = {"fitness": "fid_fp", "population": 4, "top_k": 2, "mutations": 2, "crossovers": 2, "generations": 1,
+              "num_images": 30, "batch_size": 7}
+    results = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp")):
+        shutil.rmtree(pipeline_copy / "data/search", ignore_errors=True)
+        write_params(pipeline_copy, {"search": search,
+                                     "trainer": {"devices": devices, "strategy": strategy, "accelerator": "cpu"}})
+        _run(["stages.search"], pipeline_copy)
+        results[devices] = json.loads((pipeline_copy / "data/search/checkpoint.json").read_text())["evaluated"]
+    first = [e for e in results[1] if e["generation"] == 0]
+    assert [e["genome"] for e in first] == [e["genome"] for e in results[2] if e["generation"] == 0]
+    # the same images up to rounding (batches differ per rank): the same FIDs within 5 %
+    two = {tuple(e["genome"]): e["fitness"] for e in results[2]}
+    for e in first:
+        assert abs(two[tuple(e["genome"])] - e["fitness"]) < 0.05 * e["fitness"]
+    assert not [p for p in (pipeline_copy / "data").iterdir() if p.name.startswith(".")]

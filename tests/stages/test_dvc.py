@@ -37,7 +37,8 @@ def test_repro_noop_and_experiment_rerun_only_what_changed(tmp_path):
     _sh("git init -q && git add -A && git commit -qm init", proj, env)
 
     first = _sh("dvc repro", proj, env)
-    assert _ran(first) == {"model", "calibrate", "stats", "quantize", "sample_fp", "sample", "evaluate"}
+    assert _ran(first) == {"model", "calibrate", "stats", "search", "quantize", "sample_fp", "sample", "evaluate"}
+    assert (proj / "data/search/plan.yaml").is_file() and (proj / "plots/search_fitness.csv").is_file()
     assert (proj / "metrics.json").is_file() and (proj / "dvc.lock").is_file()
 
     again = _sh("dvc repro", proj, env)
@@ -49,5 +50,5 @@ def test_repro_noop_and_experiment_rerun_only_what_changed(tmp_path):
     shown = _sh("dvc metrics show --json", proj, env)
     assert '"num_images": 12' in shown
     exp = _sh("dvc exp run -S quant.weight.bits=8 -S quant.act.bits=8", proj, env)
-    assert _ran(exp) == {"quantize", "sample", "evaluate"}
+    assert _ran(exp) == {"search", "quantize", "sample", "evaluate"}
     assert "fid" in _sh("dvc exp show --no-pager --csv", proj, env)

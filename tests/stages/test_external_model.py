@@ -19,6 +19,8 @@ def test_dit_xl2_config_runs_in_latent_space_and_decodes(tmp_path, monkeypatch, 
     run = {"num_samples": 2, "steps": 2, "guidance_scale": 1.5, "batch_size": 2}
     write_params(proj, {"model": {"source": str(src)}, "calibrate": run, "stats": {"batch_size": 2},
                         "quant": {"weight": {"group_size": 128, "clip_search": False}, "gptq": {"batch_size": 2}},
+                        "search": {"group_sizes": [128, 288], "population": 3, "top_k": 2, "mutations": 2,
+                                   "crossovers": 0, "generations": 1},
                         "sample": {"num_images": 2, "steps": 2, "guidance_scale": 1.5, "batch_size": 2,
                                    "grid_size": 1}})
     monkeypatch.chdir(proj)
@@ -42,6 +44,9 @@ def test_dit_xl2_config_runs_in_latent_space_and_decodes(tmp_path, monkeypatch, 
     assert images.shape == (2, 256, 256, 3) and images.dtype == np.uint8
     assert images.std() > 0
 
+    run_stage("search")  # 168 genes (q, k, v apart); two candidates keep it short here
+    searched = json.loads((proj / "data/search/search.json").read_text())
+    assert searched["layers"] == 28 * 6 and searched["plan"]["gbitops"] <= searched["budget"]
     run_stage("quantize")  # Q-DiT W4A8, g = 128 as in the paper
     summary = json.loads((proj / "data/quant/quant.json").read_text())
     assert summary["quantized_layers"] == 28 * 6 and 0 < summary["calib_rel_err"] < 0.5

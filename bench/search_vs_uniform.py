@@ -1,0 +1,133 @@
+"""Searched group sizes against uniform ones at the same budget, on the embedded default.
+
+  python bench/search_vs_uniform.py --settings 4:8 4:4 --seeds 0 1 2 --out bench/results/search_vs_uniform.json
+  python bench/search_vs_uniform.py --settings 4:4 --uniform 32 --set search.fitness=sample_mse \
+      search.num_images=64 search.steps=10 --out bench/results/search_vs_uniform_sample_mse.json
+
+Runs the real stages (search, quantize, sample, evaluate; sample_fp once per seed) in a scratch
+copy of data/model, data/calib and data/stats from a `dvc repro`, with params.yaml plus
+overrides, tracking off. For seed s the search uses search.seed = s and every plan is sampled
+with sample.seed = s, so rows are paired. The budget is the uniform g = quant.weight.group_size
+plan's bit-operations; uniform plans with larger g cost less (same budget), smaller g more (shown
+for reference, over budget). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from _common import summary
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def deep_update(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_update(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def stage(name: str, params: dict, *argv: str) -> None:
+    import importlib
+
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    importlib.import_module(f"stages.{name}").cli(list(argv))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--settings", nargs="+", default=["4:8", "4:4"], help="weight_bits:act_bits")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--uniform", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="params overrides for every run, e.g. search.fitness=sample_mse")
+    p.add_argument("--out", default="bench/results/search_vs_uniform.json")
+    args = p.parse_args()
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    for item in args.set:
+        key, value = item.split("=", 1)
+        node = base
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node[k]
+        node[leaf] = yaml.safe_load(value)
+    base["tracking"]["enabled"] = False
+    work = Path(tempfile.mkdtemp(prefix="qdit-search-bench-"))
+    for d in ("model", "calib", "stats"):
+        shutil.copytree(REPO / "data" / d, work / "data" / d)
+    os.chdir(work)
+    rows: dict[str, dict[str, list[float]]] = {}
+    search_seconds: dict[str, list[float]] = {}
+    costs: dict[str, float] = {}
+    try:
+        for seed in args.seeds:
+            stage("sample", deep_update(base, {"sample": {"seed": seed}}), "--fp")
+            for setting in args.settings:
+                wb, ab = (int(x) for x in setting.split(":"))
+                plans = [("searched", {"search": {"seed": seed}})] + [
+                    (f"uniform g{g}", {"search": {"enabled": False}, "quant": {"weight": {"group_size": g}}})
+                    for g in args.uniform]
+                for label, extra in plans:
+                    params = deep_update(base, {"quant": {"weight": {"bits": wb}, "act": {"bits": ab}},
+                                                "sample": {"seed": seed}})
+                    params = deep_update(params, extra)
+                    start = time.time()
+                    stage("search", params)
+                    searched = json.loads(Path("data/search/search.json").read_text())
+                    if label == "searched":
+                        search_seconds.setdefault(setting, []).append(time.time() - start)
+                        costs[f"W{wb}A{ab} budget"] = searched["budget"]
+                    for s in ("quantize", "sample", "evaluate"):
+                        stage(s, params)
+                    m = json.loads(Path("metrics.json").read_text())
+                    key = f"W{wb}A{ab} {label}"
+                    costs[key] = searched["plan"]["gbitops"]
+                    row = rows.setdefault(key, {"fid": [], "fid_fp": [], "psnr_fp": []})
+                    for k in row:
+                        row[k].append(float(m[k]))
+                    print(f"seed {seed} {key}: fid {m['fid']:.3f} fid_fp {m['fid_fp']:.4f} "
+                          f"psnr_fp {m['psnr_fp']:.2f} ({searched['plan']['gbitops']:.4f} GBOPs)", flush=True)
+    finally:
+        os.chdir(REPO)
+        shutil.rmtree(work, ignore_errors=True)
+
+    results = {k: {m: summary(v) for m, v in r.items()} | {"gbitops": costs[k]} for k, r in rows.items()}
+    paired = {}
+    for setting in args.settings:
+        wb, ab = setting.split(":")
+        s, u = rows[f"W{wb}A{ab} searched"], rows.get(f"W{wb}A{ab} uniform g{base['quant']['weight']['group_size']}")
+        if u:
+            paired[f"W{wb}A{ab}"] = {m: summary(list(np.subtract(s[m], u[m]))) for m in s}
+    meta = {"seeds": args.seeds, "overrides": args.set, "search": base["search"], "sample": base["sample"], "budget": costs,
+            "search_seconds": {k: summary(v) for k, v in search_seconds.items()},
+            "date": time.strftime("%Y-%m-%d"), "machine": f"CPU, {os.cpu_count()} cores"}
+    out = REPO / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "results": results, "searched_minus_uniform": paired}, indent=2))
+
+    fmt = lambda d, spec=".3f": f"{d['mean']:{spec}} ± {d['std']:.2g}"  # noqa: E731
+    print("\n| setting | plan | GBOPs | fid | fid_fp | psnr_fp (dB) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for key, r in results.items():
+        setting, label = key.split(" ", 1)
+        print(f"| {setting} | {label} | {r['gbitops']:.4f} | {fmt(r['fid'])} | {fmt(r['fid_fp'], '.4f')} | "
+              f"{fmt(r['psnr_fp'], '.2f')} |")
+    print("\nsearched - uniform (paired by seed):")
+    for setting, d in paired.items():
+        print(f"  {setting}: " + ", ".join(f"{m} {fmt(v, '.4f')}" for m, v in d.items()))
+    for setting, v in search_seconds.items():
+        print(f"search wall time {setting}: {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""What a quantization plan costs, exactly: storage bits and bit-operations per layer.
+
+Storage of a quantized linear [out, in]: every weight at its bit width, plus one float16 scale
+and one b-bit zero point (none when symmetric) per group of weights that share them, plus the
+bias at 16 bits. An unquantized (16-bit) weight costs 16 bits per element.
+
+Bit-operations (BOPs) of one forward, per token and output feature:
+    in x w_bits x a_bits            the integer (or 16-bit) multiply-accumulates, and
+    segments x 16 x 16              one float16 rescale per run of input channels that shares a
+                                    (weight scale, activation scale) pair.
+segments = in/g_w + in/g_a - in/lcm(g_w, g_a) counts the runs cut by both groupings (g = in
+when a side has one scale per row or per token; no rescale when neither side is quantized).
+Zero-point corrections are folded into the rescale and not counted apart. Smaller groups fit
+the data better and cost more rescales: the trade the granularity search makes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pipeline.quant.plan import LayerPlan, QuantPlan
+from pipeline.quant.quantizer import FP_BITS
+
+SCALE_BITS = 16  # scales are stored as float16, rescales run in 16-bit floats
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    in_features: int
+    out_features: int
+    tokens: int = 1  # input rows per image per denoiser forward
+    bias: bool = True
+
+
+@dataclass(frozen=True)
+class Cost:
+    bits: int    # storage of the layers' weights, scales, zero points and biases
+    bitops: int  # per image per denoiser forward
+
+    @property
+    def size_mb(self) -> float:
+        return self.bits / 8e6
+
+    @property
+    def gbitops(self) -> float:
+        return self.bitops / 1e9
+
+    def value(self, metric: str) -> float:
+        """The budget quantity: 'bitops' in GBOPs or 'size' in MB."""
+        return {"bitops": self.gbitops, "size": self.size_mb}[metric]
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.bits + other.bits, self.bitops + other.bitops)
+
+
+def weight_storage_bits(in_features: int, out_features: int, bits: int, scale_pairs: int,
+                        symmetric: bool, bias: bool) -> int:
+    """Weights at `bits`, `scale_pairs` float16 scales (+ b-bit zero points), bias at 16."""
+    n = in_features * out_features
+    extra = SCALE_BITS * out_features if bias else 0
+    if bits == FP_BITS:
+        return FP_BITS * n + extra
+    zero_bits = 0 if symmetric else bits
+    return bits * n + scale_pairs * (SCALE_BITS + zero_bits) + extra
+
+
+def _span(kind: str, group_size: int | None, in_features: int) -> int:
+    """Input channels that share one scale along a row (weights) or a token (activations)."""
+    return group_size if kind == "group" and group_size else in_features
+
+
+def layer_cost(lp: LayerPlan, shape: LayerShape) -> Cost:
+    c, o = shape.in_features, shape.out_features
+    quant_w = lp.weight_bits != FP_BITS
+    gw = _span(lp.granularity, lp.group_size, c)
+    pairs = 1 if lp.granularity == "tensor" else o * (c // gw)
+    bits = weight_storage_bits(c, o, lp.weight_bits, pairs, lp.weight_symmetric, shape.bias)
+
+    act = lp.act_spec
+    a_bits = act.bits if act.active else FP_BITS
+    ga = _span("group", act.group_size, c) if act.active and act.mode == "dynamic" else c
+    if quant_w or act.active:
+        segments = c // gw + c // ga - c // math.lcm(gw, ga)
+    else:
+        segments = 0
+    per_output = c * lp.weight_bits * a_bits + segments * SCALE_BITS * SCALE_BITS
+    return Cost(bits, shape.tokens * o * per_output)
+
+
+def plan_cost(plan: QuantPlan, shapes: dict[str, LayerShape]) -> Cost:
+    """The cost of the plan's layers (the rest of the model is the same for every plan)."""
+    total = Cost(0, 0)
+    for name, lp in plan.layers.items():
+        total = total + layer_cost(lp, shapes[name])
+    return total

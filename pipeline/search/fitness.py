@@ -1,0 +1,130 @@
+"""Fitness of a candidate plan (lower is better), and the model that switches between plans.
+
+    mse     relative mean squared error of the denoiser output against FP on the calibration
+            records: ||eps_q - eps_fp||^2 / ||eps_fp||^2. One forward pass; far cheaper.
+    sample_mse  relative squared error of the final samples (latents, before decoding) against
+            the FP model's samples from the same noise: ||x0_q - x0_fp||^2 / ||x0_fp||^2.
+            Whole trajectories, so errors compound as they do when sampling; no features.
+    fid_fp  FID of `num_images` generated images against the FP model's images of the same
+            seeds: fidelity to the model being quantized.
+    fid     FID of the same images against the reference set (the paper's choice).
+Images come from the Lightning sampling module, so they spread over the trainer's devices;
+every candidate gets the same seeds and labels, so fitness differences are not sampling noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from pipeline.lit.runner import IndexDataset, broadcast_from_main, run_predict
+from pipeline.lit.sampling import SamplingModule
+from pipeline.metrics.features import extract
+from pipeline.metrics.fid import frechet_distance
+from pipeline.models.loader import FPModel
+from pipeline.quant.apply import Ranges, outputs, quant_linear, quantize_model, set_module, timestep_context
+from pipeline.quant.plan import QuantPlan
+from pipeline.search.space import Genome, SearchSpace
+
+
+
+class CandidateModel:
+    """The transformer with the fixed layers quantized once and every gene's QuantLinear built
+    once per candidate group size (round-to-nearest with the plan's clipping search: a layer's
+    codes do not depend on the other layers), so a candidate is applied by swapping modules."""
+
+    def __init__(self, model: nn.Module, space: SearchSpace, ranges: Ranges | None = None, progress: bool = True):
+        self.model = model
+        self.space = space
+        genes = set(space.genes)
+        fixed = QuantPlan(**{**space.base.__dict__, "layers": {n: lp for n, lp in space.base.layers.items()
+                                                               if n not in genes}})
+        quantize_model(model, fixed, ranges)  # also the attention processors, if the plan has them
+        ctx = timestep_context(model, space.base)
+        self.variants: dict[tuple[str, int], nn.Module] = {}
+        todo = [(n, g) for n in space.genes for g in space.candidates[n]]
+        for name, g in tqdm(todo, desc="quantize candidates", disable=not progress, mininterval=2.0):
+            lp = space.layer_plan(name, g)
+            self.variants[(name, g)] = quant_linear(model, name, lp, space.base, ranges, ctx)
+        self.current: Genome | None = None
+
+    def use(self, genome: Genome) -> nn.Module:
+        """Put the genome's variants into the model, on the model's current device and dtype."""
+        ref = next(p for p in self.model.parameters() if p.is_floating_point())
+        for name, g in zip(self.space.genes, genome):
+            module = self.variants[(name, g)].to(ref.device, ref.dtype)
+            set_module(self.model, name, module)
+        self.current = genome
+        return self.model
+
+
+class MSEFitness:
+    def __init__(self, fp_model: nn.Module, batches: list[dict]):
+        self.batches = batches
+        self.reference = outputs(fp_model, batches)  # before any layer is quantized
+        self.power = float(self.reference.double().pow(2).mean())
+
+    def __call__(self, model: nn.Module) -> float:
+        out = outputs(model, self.batches)
+        return float((out.double() - self.reference.double()).pow(2).mean()) / self.power
+
+
+class ImageFitness:
+    """FID of the candidate's images against fixed features: the FP model's images of the same
+    seeds (fid_fp) or the reference set (fid). Only the main process holds the features; the
+    value is broadcast so every process takes the same search decisions."""
+
+    def __init__(self, fp: FPModel, *, num_images: int, steps: int, scheduler: str, guidance_scale: float,
+                 seed: int, batch_size: int, trainer_cfg, parts_dir, extractor: nn.Module, device,
+                 feature_batch_size: int, target=None):
+        self.fp = fp
+        self.sampler = dict(scheduler=scheduler, steps=steps, guidance_scale=guidance_scale, seed=seed)
+        self.num_images, self.batch_size = num_images, batch_size
+        self.trainer_cfg, self.parts_dir = trainer_cfg, parts_dir
+        self.extractor, self.device, self.feature_batch_size = extractor, device, feature_batch_size
+        self.target = target  # reference features or (mu, sigma); None: the FP model's own images
+        if target is None:
+            images = self.images()
+            if images is not None:
+                self.target = self.features(images)
+
+    def images(self) -> np.ndarray | None:
+        module = SamplingModule(self.fp, **self.sampler)
+        preds, _, is_main = run_predict(module, IndexDataset(self.num_images), self.batch_size, self.trainer_cfg,
+                                        self.parts_dir, progress=False)
+        return preds["images"].numpy() if is_main else None
+
+    def features(self, images: np.ndarray) -> torch.Tensor:
+        return extract(self.extractor, images, self.feature_batch_size, self.device, progress=False)
+
+    def __call__(self, model: nn.Module) -> float:
+        images = self.images()
+        value = frechet_distance(self.features(images), self.target) if images is not None else None
+        return broadcast_from_main(value)
+
+
+class SampleMSEFitness:
+    """sample_mse: the candidate's final samples against the FP model's, same seeds and labels."""
+
+    def __init__(self, fp: FPModel, *, num_images: int, steps: int, scheduler: str, guidance_scale: float,
+                 seed: int, batch_size: int, trainer_cfg, parts_dir):
+        self.fp = fp
+        self.sampler = {"scheduler": scheduler, "steps": steps, "guidance_scale": guidance_scale, "seed": seed}
+        self.num_images, self.batch_size = num_images, batch_size
+        self.trainer_cfg, self.parts_dir = trainer_cfg, parts_dir
+        self.reference = self.samples()
+        if self.reference is not None:
+            self.power = float(self.reference.double().pow(2).mean())
+
+    def samples(self) -> torch.Tensor | None:
+        module = SamplingModule(self.fp, decode=False, **self.sampler)
+        preds, _, is_main = run_predict(module, IndexDataset(self.num_images), self.batch_size, self.trainer_cfg,
+                                        self.parts_dir, progress=False)
+        return preds["latents"] if is_main else None
+
+    def __call__(self, model: nn.Module) -> float:
+        x = self.samples()
+        value = float((x.double() - self.reference.double()).pow(2).mean()) / self.power if x is not None else None
+        return broadcast_from_main(value)
