@@ -20,7 +20,7 @@ def test_dit_xl2_config_runs_in_latent_space_and_decodes(tmp_path, monkeypatch, 
     write_params(proj, {"model": {"source": str(src)}, "calibrate": run, "stats": {"batch_size": 2},
                         "quant": {"weight": {"group_size": 128, "clip_search": False}, "gptq": {"batch_size": 2}},
                         "search": {"group_sizes": [128, 288], "population": 3, "top_k": 2, "mutations": 2,
-                                   "crossovers": 0, "generations": 1},
+                                   "crossovers": 0, "generations": 1, "fitness": "mse"},  # no XL sampling on CPU
                         "sample": {"num_images": 2, "steps": 2, "guidance_scale": 1.5, "batch_size": 2,
                                    "grid_size": 1}})
     monkeypatch.chdir(proj)
