@@ -88,6 +88,8 @@ def run_predict(module: L.LightningModule, dataset: Dataset, batch_size: int, tr
 
     Only the main process gets results; other ranks get (None, None, False) and should exit.
     """
+    if not progress:  # e.g. one call per search candidate: no device banner each time
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     launcher = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     if launcher and parts_dir.exists():
         shutil.rmtree(parts_dir)  # leftovers of an interrupted run

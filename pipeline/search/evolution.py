@@ -15,7 +15,6 @@ same choices as one that never stopped. Fitness is lower-is-better.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
@@ -127,7 +126,6 @@ class Evolution:
         every generation. Returns the best entry."""
         while not self.finished:
             gen = self.generations_done
-            start = time.time()
             genomes = self.candidates(gen)
             fresh = 0
             for genome in tqdm(genomes, desc=f"search gen {gen}/{self.s.generations}", disable=not progress,
@@ -149,7 +147,6 @@ class Evolution:
                 "best": top[0], "topk_mean": float(np.mean(top)),
                 "generation_best": min(this) if this else math.inf,
                 "generation_mean": float(np.mean(this)) if this else math.inf,
-                "seconds": time.time() - start,
             })
             self.generations_done = gen + 1
             checkpoint(self.state())

@@ -145,3 +145,13 @@ def test_size_budget_is_met_in_bytes(pipeline_copy):
     assert s["plan"]["size_mb"] <= s["budget"] == pytest.approx(s["uniform"]["size_mb"])
     plan = yaml.safe_load((pipeline_copy / "data/search/plan.yaml").read_text())
     assert len(plan["layers"]) == s["layers"]
+
+
+def test_same_inputs_give_byte_identical_search_outputs(pipeline_copy, built_pipeline):
+    import shutil
+
+    shutil.rmtree(pipeline_copy / "data/search")
+    run_stage("search")
+    for name in ("plan.yaml", "search.json", "checkpoint.json"):
+        assert (pipeline_copy / "data/search" / name).read_bytes() == \
+            (built_pipeline / "data/search" / name).read_bytes(), name
