@@ -30,7 +30,7 @@ from pipeline.models.loader import FPModel
 from pipeline.quant.apply import linear_in_features, measure_shapes
 from pipeline.quant.plan import build_plan
 from pipeline.quant.targets import DEFAULT_INCLUDE
-from pipeline.search.fitness import CandidateModel, ImageFitness, MSEFitness, SampleMSEFitness
+from pipeline.search.fitness import CandidateModel, ImageFitness, MSEFitness, SampleMSEFitness, Sampler
 from pipeline.search.space import SearchSpace
 
 
@@ -101,15 +101,14 @@ def main() -> None:
 
     mse, t_mse_ref = timed(lambda: MSEFitness(model, calib))  # FP outputs, fp32
     extractor = RandomFeatures(256 * 256 * 3).to(device)
+    run = {"scheduler": "ddim", "guidance_scale": 1.0, "seed": 2, "batch_size": args.batch, "trainer_cfg": trainer,
+           "parts_dir": Path("/tmp/qdit-parts")}
     images_fit, t_fp = timed(lambda: ImageFitness(
-        fp, num_images=args.images, steps=args.steps, scheduler="ddim", guidance_scale=1.0, seed=2,
-        batch_size=args.batch, trainer_cfg=trainer, parts_dir=Path("/tmp/qdit-parts"), extractor=extractor,
-        device=device, feature_batch_size=100))
+        Sampler(fp, num_images=args.images, steps=args.steps, **run), extractor=extractor, device=device,
+        feature_batch_size=100))
     print(f"FP reference: {t_fp:.1f} s", flush=True)
     n_img, n_steps = args.sample_mse
-    sample_mse, t_smse_ref = timed(lambda: SampleMSEFitness(
-        fp, num_images=n_img, steps=n_steps, scheduler="ddim", guidance_scale=1.0, seed=2, batch_size=args.batch,
-        trainer_cfg=trainer, parts_dir=Path("/tmp/qdit-parts")))
+    sample_mse, t_smse_ref = timed(lambda: SampleMSEFitness(Sampler(fp, num_images=n_img, steps=n_steps, **run)))
     candidates, t_build = timed(lambda: CandidateModel(model.to(device), space, None, progress=False))
     print(f"candidate build: {t_build:.1f} s", flush=True)
     rng = np.random.default_rng(0)

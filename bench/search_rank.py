@@ -28,7 +28,7 @@ from pipeline.models.tiny import load_digits_images
 from pipeline.quant.apply import linear_in_features, measure_shapes
 from pipeline.quant.plan import plan_from_params
 from pipeline.search.evolution import Evolution, Settings
-from pipeline.search.fitness import CandidateModel, ImageFitness, MSEFitness, SampleMSEFitness
+from pipeline.search.fitness import CandidateModel, ImageFitness, MSEFitness, SampleMSEFitness, Sampler
 from pipeline.search.space import SearchSpace
 from stages.common import calibration_batches
 
@@ -61,17 +61,16 @@ def main() -> None:
     real, _ = load_digits_images()
     real_feats = extract(extractor, real, 500, progress=False)
     mse = MSEFitness(model, batches)
-    kw = dict(num_images=args.num_images, steps=sc.steps, scheduler=sc.scheduler, guidance_scale=sc.guidance_scale,
-              batch_size=sc.batch_size, trainer_cfg=cfg.trainer, parts_dir=Path("data/.parts-rank"),
-              extractor=extractor, device=torch.device("cpu"), feature_batch_size=500)
+    run = {"steps": sc.steps, "scheduler": sc.scheduler, "guidance_scale": sc.guidance_scale,
+           "batch_size": sc.batch_size, "trainer_cfg": cfg.trainer, "parts_dir": Path("data/.parts-rank")}
     seeds = [sc.image_seed] + ([sc.image_seed + 1] if args.second_seed else [])
     old = json.loads(Path(args.merge).read_text())["scores"] if args.merge else {}
     need_fid = not old.get("fid")
-    samplers = [ImageFitness(fp, seed=s, **kw) for s in seeds] if need_fid else []  # FP features of each seed
+    samplers = [ImageFitness(Sampler(fp, num_images=args.num_images, seed=s, **run), extractor=extractor,
+                             device=torch.device("cpu"), feature_batch_size=500)
+                for s in seeds] if need_fid else []  # FP features of each seed
     n_img, n_steps = args.sample_mse
-    sample_mse = SampleMSEFitness(fp, num_images=n_img, steps=n_steps, scheduler=sc.scheduler,
-                                  guidance_scale=sc.guidance_scale, seed=sc.image_seed, batch_size=sc.batch_size,
-                                  trainer_cfg=cfg.trainer, parts_dir=Path("data/.parts-rank"))
+    sample_mse = SampleMSEFitness(Sampler(fp, num_images=n_img, seed=sc.image_seed, **(run | {"steps": n_steps})))
     candidates = CandidateModel(model, space, None)
     scores = {"mse": [], "sample_mse": [], "fid_fp": [], "fid": [], "fid_seed2": []} | old
     start = time.time()

@@ -78,19 +78,17 @@ def resume_state(key: str) -> dict | None:
 def make_fitness(cfg, fp, model, batches, device):
     """genome-independent part of the fitness; called with the candidate model."""
     sc = cfg.search
+    from pipeline.search import fitness as F
+
     if sc.fitness == "mse":
-        from pipeline.search.fitness import MSEFitness
-
-        return MSEFitness(model, batches)
+        return F.MSEFitness(model, batches)
+    sampler = F.Sampler(fp, num_images=sc.num_images, steps=sc.steps, scheduler=sc.scheduler,
+                        guidance_scale=sc.guidance_scale, seed=sc.image_seed, batch_size=sc.batch_size,
+                        trainer_cfg=cfg.trainer, parts_dir=DATA / ".parts-search")
     if sc.fitness == "sample_mse":
-        from pipeline.search.fitness import SampleMSEFitness
-
-        return SampleMSEFitness(fp, num_images=sc.num_images, steps=sc.steps, scheduler=sc.scheduler,
-                                guidance_scale=sc.guidance_scale, seed=sc.image_seed, batch_size=sc.batch_size,
-                                trainer_cfg=cfg.trainer, parts_dir=DATA / ".parts-search")
+        return F.SampleMSEFitness(sampler)
     from pipeline.metrics.features import build_extractor, extract, resolve_kind
     from pipeline.metrics.reference import load_reference
-    from pipeline.search.fitness import ImageFitness
 
     e = cfg.evaluate
     kind = resolve_kind(e.features, read_json(MODEL / "model.json", "FP model description"))
@@ -100,10 +98,8 @@ def make_fitness(cfg, fp, model, batches, device):
         reference = load_reference(e.reference, _image_shape(fp))
         target = reference if isinstance(reference, tuple) else \
             extract(extractor, reference, e.batch_size, device, "features: reference")
-    return ImageFitness(fp, num_images=sc.num_images, steps=sc.steps, scheduler=sc.scheduler,
-                        guidance_scale=sc.guidance_scale, seed=sc.image_seed, batch_size=sc.batch_size,
-                        trainer_cfg=cfg.trainer, parts_dir=DATA / ".parts-search", extractor=extractor,
-                        device=device, feature_batch_size=e.batch_size, target=target)
+    return F.ImageFitness(sampler, extractor=extractor, device=device, feature_batch_size=e.batch_size,
+                          target=target)
 
 
 def _image_shape(fp) -> tuple[int, ...]:

@@ -14,6 +14,8 @@ every candidate gets the same seeds and labels, so fitness differences are not s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -25,7 +27,6 @@ from pipeline.metrics.features import extract
 from pipeline.metrics.fid import frechet_distance
 from pipeline.models.loader import FPModel
 from pipeline.quant.apply import Ranges, outputs, quant_linear, quantize_model, set_module, timestep_context
-from pipeline.quant.plan import QuantPlan
 from pipeline.search.space import Genome, SearchSpace
 
 
@@ -39,8 +40,7 @@ class CandidateModel:
         self.model = model
         self.space = space
         genes = set(space.genes)
-        fixed = QuantPlan(**{**space.base.__dict__, "layers": {n: lp for n, lp in space.base.layers.items()
-                                                               if n not in genes}})
+        fixed = replace(space.base, layers={n: lp for n, lp in space.base.layers.items() if n not in genes})
         quantize_model(model, fixed, ranges)  # also the attention processors, if the plan has them
         ctx = timestep_context(model, space.base)
         self.variants: dict[tuple[str, int], nn.Module] = {}
@@ -60,15 +60,37 @@ class CandidateModel:
         return self.model
 
 
+def _relative_mse(x: torch.Tensor, reference: torch.Tensor) -> float:
+    ref = reference.double()
+    return float((x.double() - ref).pow(2).mean() / ref.pow(2).mean())
+
+
 class MSEFitness:
     def __init__(self, fp_model: nn.Module, batches: list[dict]):
         self.batches = batches
         self.reference = outputs(fp_model, batches)  # before any layer is quantized
-        self.power = float(self.reference.double().pow(2).mean())
 
     def __call__(self, model: nn.Module) -> float:
-        out = outputs(model, self.batches)
-        return float((out.double() - self.reference.double()).pow(2).mean()) / self.power
+        return _relative_mse(outputs(model, self.batches), self.reference)
+
+
+class Sampler:
+    """The same `num_images` seeds and labels for every candidate, through the Lightning
+    sampling module; results only on the main process (None elsewhere)."""
+
+    def __init__(self, fp: FPModel, *, num_images: int, steps: int, scheduler: str, guidance_scale: float,
+                 seed: int, batch_size: int, trainer_cfg, parts_dir):
+        self.fp = fp
+        self.settings = {"scheduler": scheduler, "steps": steps, "guidance_scale": guidance_scale, "seed": seed}
+        self.num_images, self.batch_size = num_images, batch_size
+        self.trainer_cfg, self.parts_dir = trainer_cfg, parts_dir
+
+    def run(self, decode: bool) -> torch.Tensor | None:
+        """uint8 images (decode) or float32 final latents, [num_images, ...]."""
+        module = SamplingModule(self.fp, decode=decode, **self.settings)
+        preds, _, is_main = run_predict(module, IndexDataset(self.num_images), self.batch_size, self.trainer_cfg,
+                                        self.parts_dir, progress=False)
+        return (preds["images"] if decode else preds["latents"]) if is_main else None
 
 
 class ImageFitness:
@@ -76,13 +98,8 @@ class ImageFitness:
     seeds (fid_fp) or the reference set (fid). Only the main process holds the features; the
     value is broadcast so every process takes the same search decisions."""
 
-    def __init__(self, fp: FPModel, *, num_images: int, steps: int, scheduler: str, guidance_scale: float,
-                 seed: int, batch_size: int, trainer_cfg, parts_dir, extractor: nn.Module, device,
-                 feature_batch_size: int, target=None):
-        self.fp = fp
-        self.sampler = dict(scheduler=scheduler, steps=steps, guidance_scale=guidance_scale, seed=seed)
-        self.num_images, self.batch_size = num_images, batch_size
-        self.trainer_cfg, self.parts_dir = trainer_cfg, parts_dir
+    def __init__(self, sampler: Sampler, *, extractor: nn.Module, device, feature_batch_size: int, target=None):
+        self.sampler = sampler
         self.extractor, self.device, self.feature_batch_size = extractor, device, feature_batch_size
         self.target = target  # reference features or (mu, sigma); None: the FP model's own images
         if target is None:
@@ -91,10 +108,8 @@ class ImageFitness:
                 self.target = self.features(images)
 
     def images(self) -> np.ndarray | None:
-        module = SamplingModule(self.fp, **self.sampler)
-        preds, _, is_main = run_predict(module, IndexDataset(self.num_images), self.batch_size, self.trainer_cfg,
-                                        self.parts_dir, progress=False)
-        return preds["images"].numpy() if is_main else None
+        images = self.sampler.run(decode=True)
+        return images.numpy() if images is not None else None
 
     def features(self, images: np.ndarray) -> torch.Tensor:
         return extract(self.extractor, images, self.feature_batch_size, self.device, progress=False)
@@ -108,23 +123,10 @@ class ImageFitness:
 class SampleMSEFitness:
     """sample_mse: the candidate's final samples against the FP model's, same seeds and labels."""
 
-    def __init__(self, fp: FPModel, *, num_images: int, steps: int, scheduler: str, guidance_scale: float,
-                 seed: int, batch_size: int, trainer_cfg, parts_dir):
-        self.fp = fp
-        self.sampler = {"scheduler": scheduler, "steps": steps, "guidance_scale": guidance_scale, "seed": seed}
-        self.num_images, self.batch_size = num_images, batch_size
-        self.trainer_cfg, self.parts_dir = trainer_cfg, parts_dir
-        self.reference = self.samples()
-        if self.reference is not None:
-            self.power = float(self.reference.double().pow(2).mean())
-
-    def samples(self) -> torch.Tensor | None:
-        module = SamplingModule(self.fp, decode=False, **self.sampler)
-        preds, _, is_main = run_predict(module, IndexDataset(self.num_images), self.batch_size, self.trainer_cfg,
-                                        self.parts_dir, progress=False)
-        return preds["latents"] if is_main else None
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.reference = sampler.run(decode=False)
 
     def __call__(self, model: nn.Module) -> float:
-        x = self.samples()
-        value = float((x.double() - self.reference.double()).pow(2).mean()) / self.power if x is not None else None
-        return broadcast_from_main(value)
+        x = self.sampler.run(decode=False)
+        return broadcast_from_main(_relative_mse(x, self.reference) if x is not None else None)
