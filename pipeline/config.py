@@ -8,6 +8,7 @@ digits DiT; the paper's protocol for DiT-XL/2 is given in the comments of params
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from pipeline.ablation import METHODS as ABLATION_METHODS
+from pipeline.ablation import parse_bits
 from pipeline.errors import UserError
 from pipeline.quant.activation import ACT_MODES
 from pipeline.quant.plan import METHODS
@@ -147,6 +150,9 @@ class EvaluateConfig:
     features: str = "auto"
     inception_weights: str | None = None
     batch_size: int = 500
+    nearest_k: int = 3          # precision/recall manifolds
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
 
 
 @dataclass
@@ -162,6 +168,17 @@ class TrackingConfig:
     enabled: bool = True
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "qdit"
+    sweep: str | None = None    # set by stages.sweep: tag qdit.sweep on every run of a sweep
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    bits: list[str] = field(default_factory=lambda: ["W8A8", "W6A8", "W4A8", "W4A16", "W4A4"])
+    methods: list[str] = field(default_factory=lambda: ["rtn", "qdit"])
+    ablation_bits: list[str] = field(default_factory=lambda: ["W4A8", "W4A4"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    jobs: int = 2
 
 
 @dataclass
@@ -175,6 +192,7 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> DictConfig:
@@ -240,7 +258,8 @@ def validate(cfg: DictConfig, path: Path = Path("params.yaml")) -> None:
         "stats.batch_size", "stats.top_channels",
         "sample.num_images", "sample.steps", "sample.batch_size", "sample.grid_size",
         "search.population", "search.top_k", "search.steps", "search.batch_size",
-        "evaluate.batch_size",
+        "evaluate.batch_size", "evaluate.nearest_k", "evaluate.kid_subsets", "evaluate.kid_subset_size",
+        "sweep.jobs",
     ])
     tiny = cfg.model.tiny
     _require(8 % tiny.patch_size == 0, path, "model.tiny.patch_size", tiny.patch_size,
@@ -312,6 +331,27 @@ def validate(cfg: DictConfig, path: Path = Path("params.yaml")) -> None:
     _require(ok, path, "trainer.devices", devices, "'auto', -1 (all) or an integer >= 1")
     _require(bool(cfg.tracking.experiment.strip()), path, "tracking.experiment", cfg.tracking.experiment,
              "a non-empty name")
+    _validate_sweep(cfg.sweep, path)
+
+
+def _validate_sweep(sw: DictConfig, path: Path) -> None:
+    _require(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.]*", sw.name)), path, "sweep.name", sw.name,
+             "letters, digits, '_' and '.' (it prefixes DVC experiment names)")
+    for key in ("sweep.bits", "sweep.ablation_bits"):
+        values = list(OmegaConf.select(sw, key.split(".")[1]))
+        for b in values:
+            try:
+                w, a = parse_bits(b)
+            except ValueError as e:
+                raise UserError(f"{path}: {key}: {e}") from None
+            ok = w in SUPPORTED_BITS and (a in SUPPORTED_BITS or a == 16)
+            _require(ok, path, key, b, "W<w>A<a> with w from 2 to 8 and a from 2 to 8 or 16, e.g. W4A8")
+    _require(len(sw.bits) + len(sw.ablation_bits) > 0, path, "sweep.bits", list(sw.bits),
+             "one or more bit settings (here or in sweep.ablation_bits)")
+    _require(len(sw.methods) > 0 and all(m in ABLATION_METHODS for m in sw.methods), path, "sweep.methods",
+             list(sw.methods), ", ".join(ABLATION_METHODS))
+    _require(len(sw.seeds) > 0 and all(0 <= s <= 1000 for s in sw.seeds) and len(set(sw.seeds)) == len(sw.seeds),
+             path, "sweep.seeds", list(sw.seeds), "distinct integers from 0 to 1000")
 
 
 def section(cfg: DictConfig, name: str) -> dict:

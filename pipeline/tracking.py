@@ -35,11 +35,32 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _experiment_id(mlflow, name: str) -> str:
+def tracking_uri(cfg: DictConfig) -> str:
+    """$MLFLOW_TRACKING_URI, else tracking.uri: the environment lets a stage that runs in another
+    directory (a queued DVC experiment) log to the project's db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative sqlite path made absolute (from the current directory)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def _artifact_root(uri: str) -> str:
+    """Artifacts beside an sqlite db (never ./mlruns, which MLflow 3 refuses)."""
+    prefix = "sqlite:///"
+    base = Path(uri[len(prefix):]).resolve().parent if uri.startswith(prefix) else Path.cwd()
+    return (base / "mlartifacts").as_uri()
+
+
+def _experiment_id(mlflow, name: str, uri: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    artifacts = Path("mlartifacts").resolve().as_uri()  # beside mlflow.db, not in ./mlruns
+    artifacts = _artifact_root(uri)
     try:
         return mlflow.create_experiment(name, artifact_location=artifacts)
     except Exception:
@@ -73,7 +94,8 @@ def log_stage(cfg: DictConfig, stage: str, params: dict[str, Any], metrics: dict
     except ImportError:
         raise UserError("tracking.enabled is true but mlflow is not installed; install it or set "
                         "tracking.enabled: false") from None
-    mlflow.set_tracking_uri(cfg.tracking.uri)
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
     tags = {
         "qdit.stage": stage,
         "qdit.run_group": run_group(cfg),
@@ -82,7 +104,9 @@ def log_stage(cfg: DictConfig, stage: str, params: dict[str, Any], metrics: dict
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["qdit.dvc_exp"] = os.environ["DVC_EXP_NAME"]
-    with mlflow.start_run(experiment_id=_experiment_id(mlflow, cfg.tracking.experiment),
+    if cfg.tracking.sweep:
+        tags["qdit.sweep"] = cfg.tracking.sweep
+    with mlflow.start_run(experiment_id=_experiment_id(mlflow, cfg.tracking.experiment, uri),
                           run_name=stage, tags=tags) as run:
         mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
         scalars = {k: float(v) for k, v in metrics.items() if v is not None}

@@ -1,11 +1,13 @@
-"""Stage `evaluate`: FID against the reference and fidelity to the FP samples -> metrics.json.
+"""Stage `evaluate`: the metric suite on the quantized and the FP samples -> metrics.json.
 
-fid      FID of data/samples (the quantized model) against the reference set.
-fid_fp_model  FID of data/samples_fp (the FP model) against the same reference.
-fid_fp   FID of data/samples against data/samples_fp (same seeds, FP model).
-psnr_fp  PSNR of the set against the FP images from the same noise (inf when all identical).
-ssim_fp  mean SSIM against the same.
+Against the reference set (evaluate.reference), for the quantized samples (data/samples):
+fid, sfid, is, kid, precision, recall; the same for the FP model's samples
+(data/samples_fp) with the suffix `_fp_model` - the FP reference row of every table.
+Fidelity to the FP model, image by image from the same noise:
+fid_fp   FID of data/samples against data/samples_fp.
+psnr_fp  PSNR of the set (inf when all identical); ssim_fp  mean SSIM.
 On small guided models `fid` can fall as quantization error grows; the *_fp metrics cannot.
+Every image set goes through the feature network once.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import numpy as np
 from pipeline.config import flat
 from pipeline.errors import UserError
 from pipeline.io import read_images, read_json, write_json
-from pipeline.metrics.features import build_extractor, extract, resolve_kind
-from pipeline.metrics.fid import frechet_distance
+from pipeline.metrics.features import build_extractor, extract_all, resolve_kind
 from pipeline.metrics.fidelity import psnr, ssim
 from pipeline.metrics.reference import load_reference
+from pipeline.metrics.suite import distribution_metrics, fidelity_fid, reference_features
 from pipeline.models.loader import default_device
 from pipeline.tracking import log_stage
 from stages.common import METRICS, MODEL, QUANT, SAMPLES, SAMPLES_FP, main
@@ -35,28 +37,32 @@ def run(cfg, args) -> None:
         raise UserError(f"{SAMPLES} and {SAMPLES_FP} were not generated with the same seeds and "
                         f"sizes ({samples['images'].shape} vs {fp['images'].shape}); rerun both "
                         "sampling stages with the same sample.* parameters")
+    quant = read_json(QUANT / "quant.json", "quantization summary")
     kind = resolve_kind(e.features, info)
     extractor = build_extractor(kind, MODEL, e.inception_weights)
     reference = load_reference(e.reference, samples["images"].shape[1:])
     start = time.time()
     device = default_device()
-    feats = extract(extractor, samples["images"], e.batch_size, device, "features: samples")
-    feats_fp = extract(extractor, fp["images"], e.batch_size, device, "features: FP samples")
-    ref = reference if isinstance(reference, tuple) else \
-        extract(extractor, reference, e.batch_size, device, "features: reference")
-    metrics = {
-        "fid": frechet_distance(feats, ref),
-        "fid_fp_model": frechet_distance(feats_fp, ref),
-        "fid_fp": frechet_distance(feats, feats_fp),
+    feats = extract_all(extractor, samples["images"], e.batch_size, device, "features: samples")
+    feats_fp = extract_all(extractor, fp["images"], e.batch_size, device, "features: FP samples")
+    real = reference_features(reference, extractor, e.batch_size, device)
+    options = dict(k=e.nearest_k, kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size)
+    metrics = distribution_metrics(feats, real, **options)
+    metrics |= {f"{k}_fp_model": v for k, v in distribution_metrics(feats_fp, real, **options).items()}
+    metrics |= {
+        "fid_fp": fidelity_fid(feats, feats_fp),
         "psnr_fp": psnr(samples["images"], fp["images"]),
         "ssim_fp": ssim(samples["images"], fp["images"]),
         "num_images": int(len(samples["images"])),
+        "size_mb": quant["size_mb"], "fp16_size_mb": quant["fp16_size_mb"],
     }
-    quant = read_json(QUANT / "quant.json", "quantization summary")
-    metrics |= {"size_mb": quant["size_mb"], "fp16_size_mb": quant["fp16_size_mb"]}
+    missing = [k for k, v in metrics.items() if v is None]
+    if missing:
+        print(f"[evaluate] {', '.join(missing)}: null, the reference {e.reference!r} holds statistics "
+              "but no images (KID and precision/recall compare image features)")
     write_json(METRICS, metrics | {"features": kind, "reference": e.reference, "quant": quant["method"]})
-    print("[evaluate] " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    log_stage(cfg, "evaluate", flat(cfg, ["evaluate", "sample", "quant"]),
+    print("[evaluate] " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if v is not None))
+    log_stage(cfg, "evaluate", flat(cfg, ["evaluate", "sample", "quant", "search", "calibrate"]),
               metrics | {"seconds": time.time() - start}, [METRICS, SAMPLES / "grid.png"])
 
 

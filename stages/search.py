@@ -96,8 +96,8 @@ def make_fitness(cfg, fp, model, batches, device):
     target = None
     if sc.fitness == "fid":
         reference = load_reference(e.reference, _image_shape(fp))
-        target = reference if isinstance(reference, tuple) else \
-            extract(extractor, reference, e.batch_size, device, "features: reference")
+        target = reference.pool_stats if reference.pool_stats is not None else \
+            extract(extractor, reference.images, e.batch_size, device, "features: reference")
     return F.ImageFitness(sampler, extractor=extractor, device=device, feature_batch_size=e.batch_size,
                           target=target)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -82,3 +86,32 @@ def write_params(project: Path, extra: dict | None = None, base: dict | None = N
     path = project / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def sh(cmd: str, cwd: Path, env: dict) -> str:
+    """A shell command that must succeed; its output."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800, shell=True)
+    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def git_project(tmp_path: Path, extra: dict | None = None) -> tuple[Path, dict]:
+    """A committed git + DVC copy of the project with FAST params, and the environment to run
+    dvc in it (this Python first on PATH)."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for item in ("pipeline", "stages", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"):
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, proj / item, ignore=shutil.ignore_patterns("__pycache__", "tmp"))
+        elif src.exists():
+            (proj / item).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, proj / item)
+    write_params(proj, extra)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": str(proj), "MLFLOW_DISABLE_TELEMETRY": "true",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    sh("git init -q && git add -A && git commit -qm init", proj, env)
+    return proj, env

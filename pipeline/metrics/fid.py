@@ -12,7 +12,9 @@ import torch.nn as nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 
-class _Precomputed(nn.Module):
+class Precomputed(nn.Module):
+    """Identity 'extractor': the metric receives features already computed."""
+
     def __init__(self, num_features: int):
         super().__init__()
         self.num_features = num_features
@@ -23,7 +25,7 @@ class _Precomputed(nn.Module):
 
 def _metric(dim: int) -> FrechetInceptionDistance:
     # features are complete on the calling process: never sync with other DDP ranks
-    return FrechetInceptionDistance(feature=_Precomputed(dim), sync_on_compute=False).double()
+    return FrechetInceptionDistance(feature=Precomputed(dim), sync_on_compute=False).double()
 
 
 def set_real_statistics(metric: FrechetInceptionDistance, mu: np.ndarray, sigma: np.ndarray) -> None:
@@ -42,6 +44,9 @@ def set_real_statistics(metric: FrechetInceptionDistance, mu: np.ndarray, sigma:
 def frechet_distance(fake: torch.Tensor, real: torch.Tensor | tuple[np.ndarray, np.ndarray]) -> float:
     """FID between fake features [N, D] and real features [M, D] or statistics (mu, sigma)."""
     metric = _metric(fake.shape[1])
+    dim = real[0].shape[0] if isinstance(real, tuple) else real.shape[1]
+    if dim != fake.shape[1]:
+        raise ValueError(f"feature sizes differ: generated {fake.shape[1]}, reference {dim}")
     if isinstance(real, tuple):
         set_real_statistics(metric, *real)
     else:

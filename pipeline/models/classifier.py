@@ -49,9 +49,14 @@ class DigitClassifier(nn.Module):
 
 
 class DigitFeatures(nn.Module):
-    """The feature extractor handed to torchmetrics' FID: images in, 128-d features out."""
+    """The feature extractor of the digit metrics: images in, 128-d features out (`forward`),
+    or the three views the evaluation suite uses (`all`)."""
 
     num_features = DigitClassifier.num_features
+    # sFID: like the ADM evaluator, which keeps the first 7 channels of Inception's 17x17
+    # mixed_6/conv map, keep the first 16 of the 64 channels of the 4x4 map (256-d, so
+    # its covariance is estimable from a 1000-image set)
+    spatial_channels = 16
 
     def __init__(self, classifier: DigitClassifier):
         super().__init__()
@@ -59,6 +64,13 @@ class DigitFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier.features(images)
+
+    def all(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pooled features [N, 128], spatial features [N, 256], class logits [N, 10])."""
+        c = self.classifier
+        spatial = c.spatial(images)
+        pool = F.relu(c.fc(spatial.flatten(1)))
+        return pool, spatial[:, :self.spatial_channels].flatten(1), c.head(pool)
 
 
 def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

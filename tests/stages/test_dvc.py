@@ -1,18 +1,6 @@
 """`dvc repro` and `dvc exp run` on a copy of the project with fast parameters."""
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
-from tests.helpers import REPO, write_params
-
-
-def _sh(cmd, cwd, env):
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, shell=True)
-    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
+from tests.helpers import git_project, sh as _sh
 
 
 def _ran(output: str) -> set[str]:
@@ -20,21 +8,7 @@ def _ran(output: str) -> set[str]:
 
 
 def test_repro_noop_and_experiment_rerun_only_what_changed(tmp_path):
-    proj = tmp_path / "proj"
-    proj.mkdir()
-    for item in ("pipeline", "stages", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"):
-        src = REPO / item
-        if src.is_dir():
-            shutil.copytree(src, proj / item, ignore=shutil.ignore_patterns("__pycache__", "tmp"))
-        elif src.exists():
-            (proj / item).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, proj / item)
-    write_params(proj)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHONPATH": str(proj), "MLFLOW_DISABLE_TELEMETRY": "true",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    _sh("git init -q && git add -A && git commit -qm init", proj, env)
+    proj, env = git_project(tmp_path)
 
     first = _sh("dvc repro", proj, env)
     assert _ran(first) == {"model", "calibrate", "stats", "search", "quantize", "sample_fp", "sample", "evaluate"}

@@ -1,0 +1,65 @@
+"""`stages.sweep` queues the ablation as DVC experiments; `stages.report` turns them into a table."""
+
+import json
+
+import mlflow
+import pytest
+
+from tests.helpers import git_project, sh
+
+SWEEP = {"sweep": {"name": "t", "bits": ["W4A8"], "methods": ["rtn", "qdit"], "ablation_bits": [],
+                   "seeds": [0, 1], "jobs": 2}}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    proj, env = git_project(tmp_path_factory.mktemp("sweep"), SWEEP)
+    out = sh("python -m stages.sweep --poll 2", proj, env)
+    return proj, env, out
+
+
+def test_sweep_runs_every_setting_as_a_dvc_experiment(swept):
+    proj, env, out = swept
+    summary = json.loads((proj / "sweeps/t/sweep.json").read_text())
+    names = ["t-w4a8-rtn-s0", "t-w4a8-qdit-s0", "t-w4a8-rtn-s1", "t-w4a8-qdit-s1"]
+    assert sorted(summary["experiments"]) == sorted(names) and summary["failed"] == [] and summary["seconds"] > 0
+    rows = {r["Experiment"]: r for r in json.loads(sh("python -c \"import dvc.api, json; "
+                                                       "print(json.dumps(dvc.api.exp_show()))\"", proj, env))
+            if r.get("Experiment")}
+    assert set(names) <= set(rows)
+    for name in names:
+        r = rows[name]
+        assert r["State"] == "Success"
+        assert r["quant.method"] == ("rtn" if "rtn" in name else "qdit")
+        assert r["sample.seed"] == (0 if name.endswith("s0") else 3)
+        for key in ("fid", "sfid", "is", "kid", "precision", "recall", "fid_fp_model", "size_mb"):
+            assert r[key] is not None and r[key] == r[key], (name, key)
+        assert 0.0 <= r["precision"] <= 1.0 and 1.0 <= r["is"] <= 10.0
+    # the FP model's samples depend on the seed only: both methods of a seed share them
+    assert rows["t-w4a8-rtn-s0"]["fid_fp_model"] == rows["t-w4a8-qdit-s0"]["fid_fp_model"]
+    assert rows["t-w4a8-rtn-s0"]["fid_fp_model"] != rows["t-w4a8-rtn-s1"]["fid_fp_model"]
+    # the workspace is untouched: params.yaml still has the baseline's values
+    assert "tracking.sweep" not in (proj / "params.yaml").read_text() or "sweep: null" in (proj / "params.yaml").read_text()
+
+
+def test_sweep_stages_log_to_the_project_mlflow_db(swept):
+    proj, _, _ = swept
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("qdit")
+    runs = client.search_runs([exp.experiment_id], "tags.`qdit.sweep` = 't' and tags.`qdit.stage` = 'evaluate'")
+    logged = {r.data.tags["qdit.dvc_exp"] for r in runs}
+    # t-w4a8-qdit-s0 repeats the baseline's settings (the sweep's `dvc repro`): DVC restores its
+    # stages from the run cache, so they run - and log - only if its plan came out different
+    assert {"t-w4a8-rtn-s0", "t-w4a8-rtn-s1", "t-w4a8-qdit-s1"} <= logged <= \
+        {"t-w4a8-rtn-s0", "t-w4a8-qdit-s0", "t-w4a8-rtn-s1", "t-w4a8-qdit-s1"}
+    assert all("sfid" in r.data.metrics and "precision" in r.data.metrics for r in runs)
+
+
+def test_sweep_refuses_a_bad_setting(tmp_path):
+    proj, env = git_project(tmp_path, {"sweep": {"bits": ["W4A32"]}})
+    import subprocess
+
+    proc = subprocess.run("python -m stages.sweep", cwd=proj, env=env, shell=True, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "sweep.bits = 'W4A32' is not allowed; allowed: W<w>A<a> with w from 2 to 8" in proc.stderr
+    assert not (proj / "sweeps").exists() and "Running stage" not in proc.stdout + proc.stderr
