@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install repro test bench clean
+.PHONY: install repro test sweep report clean
 
 install: $(STAMP)
 
@@ -26,6 +26,12 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	python -m pytest -q
+
+sweep: $(STAMP)
+	python -m stages.sweep
+
+report: $(STAMP)
+	python -m stages.report
 
 clean:
 	rm -rf data plots metrics.json mlflow.db mlartifacts

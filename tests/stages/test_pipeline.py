@@ -12,7 +12,7 @@ from pipeline.models.loader import load_fp_model
 from pipeline.sampling import denoise, make_scheduler
 from pipeline.seeds import generators, image_seed, initial_noise
 from tests.conftest import run_stage
-from tests.helpers import FAST
+from tests.helpers import FAST, write_params
 
 N_IMAGES = FAST["sample"]["num_images"]
 N_CALIB = FAST["calibrate"]["num_samples"]
@@ -103,6 +103,10 @@ def test_evaluate_metrics(built_pipeline):
     assert 0 < m["fid"] < 1e4 and 0 < m["fid_fp_model"] < 1e4
     assert 0 < m["fid_fp"] < m["fid_fp_model"]
     assert 20 < m["psnr_fp"] < 60 and 0.8 < m["ssim_fp"] < 1.0
+    for suffix in ("", "_fp_model"):  # the whole suite, for the quantized and the FP samples
+        assert 0 < m["sfid" + suffix] < 1e4 and 1.0 <= m["is" + suffix] <= 10.0
+        assert 0.0 <= m["precision" + suffix] <= 1.0 and 0.0 <= m["recall" + suffix] <= 1.0
+        assert m["kid" + suffix] == m["kid" + suffix]  # a number, not NaN
     q = json.loads((built_pipeline / "data/quant/quant.json").read_text())
     assert m["size_mb"] == q["size_mb"]
 
@@ -269,3 +273,33 @@ def test_model_stage_is_byte_identical_across_processes_and_hash_seeds(tmp_path)
         digests.append({str(p.relative_to(proj)): p.read_bytes() for p in files})
     assert digests[0].keys() == digests[1].keys() and len(digests[0]) == 6
     assert digests[0] == digests[1]
+
+
+def test_evaluate_with_adm_statistics_only(pipeline_copy, capsys):
+    """An ADM-style .npz with statistics and no images: FID and sFID from them, the image-based
+    metrics null with a message; statistics of another feature size are refused, nothing written."""
+    from pipeline.metrics.features import build_extractor, extract_all
+    from pipeline.metrics.fid import statistics
+    from pipeline.models.tiny import load_digits_images
+
+    feats = extract_all(build_extractor("digits", pipeline_copy / "data/model"), load_digits_images()[0], 500,
+                        progress=False)
+    np.savez(pipeline_copy / "stats.npz", mu=statistics(feats.pool)[0], sigma=statistics(feats.pool)[1],
+             mu_s=statistics(feats.spatial)[0], sigma_s=statistics(feats.spatial)[1])
+    full = json.loads((pipeline_copy / "metrics.json").read_text())
+    write_params(pipeline_copy, {"evaluate": {"reference": "stats.npz"}})
+    run_stage("evaluate")
+    m = json.loads((pipeline_copy / "metrics.json").read_text())
+    assert m["fid"] == pytest.approx(full["fid"], rel=1e-6) and m["sfid"] == pytest.approx(full["sfid"], rel=1e-6)
+    assert m["is"] == full["is"]
+    assert m["kid"] is None and m["precision"] is None and m["recall_fp_model"] is None
+    assert "kid, precision, recall" in capsys.readouterr().out
+
+    (pipeline_copy / "metrics.json").unlink()
+    np.savez(pipeline_copy / "inception.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    write_params(pipeline_copy, {"evaluate": {"reference": "inception.npz"}})
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage("evaluate")
+    assert exit_info.value.code == 2
+    assert "'mu/sigma' statistics are 2048-d but the features are 128-d" in capsys.readouterr().err
+    assert not (pipeline_copy / "metrics.json").exists()

@@ -1,6 +1,8 @@
 """`stages.sweep` queues the ablation as DVC experiments; `stages.report` turns them into a table."""
 
+import csv
 import json
+import subprocess
 
 import mlflow
 import pytest
@@ -38,8 +40,8 @@ def test_sweep_runs_every_setting_as_a_dvc_experiment(swept):
     # the FP model's samples depend on the seed only: both methods of a seed share them
     assert rows["t-w4a8-rtn-s0"]["fid_fp_model"] == rows["t-w4a8-qdit-s0"]["fid_fp_model"]
     assert rows["t-w4a8-rtn-s0"]["fid_fp_model"] != rows["t-w4a8-rtn-s1"]["fid_fp_model"]
-    # the workspace is untouched: params.yaml still has the baseline's values
-    assert "tracking.sweep" not in (proj / "params.yaml").read_text() or "sweep: null" in (proj / "params.yaml").read_text()
+    # the workspace keeps the baseline's params: the overrides live in the experiments only
+    assert "sweep: null" in (proj / "params.yaml").read_text()
 
 
 def test_sweep_stages_log_to_the_project_mlflow_db(swept):
@@ -57,9 +59,38 @@ def test_sweep_stages_log_to_the_project_mlflow_db(swept):
 
 def test_sweep_refuses_a_bad_setting(tmp_path):
     proj, env = git_project(tmp_path, {"sweep": {"bits": ["W4A32"]}})
-    import subprocess
-
     proc = subprocess.run("python -m stages.sweep", cwd=proj, env=env, shell=True, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "sweep.bits = 'W4A32' is not allowed; allowed: W<w>A<a> with w from 2 to 8" in proc.stderr
     assert not (proj / "sweeps").exists() and "Running stage" not in proc.stdout + proc.stderr
+
+
+def test_report_writes_the_table_and_figures(swept):
+    from PIL import Image
+
+    proj, env, _ = swept
+    printed = sh("python -m stages.report --sweep t", proj, env)
+    rep = proj / "sweeps/t/report"
+    for name in ("fid_vs_bits.png", "group_sizes.png", "activation_ranges.png", "samples.png"):
+        with Image.open(rep / name) as img:
+            assert img.width > 200 and img.height > 100, name
+    md = (rep / "report.md").read_text()
+    lines = md.splitlines()
+    assert any(line.startswith("| W16A16 | FP |") for line in lines)
+    rtn = next(line for line in lines if line.startswith("| W4A8 | RTN |"))
+    qdit = next(line for line in lines if line.startswith("| W4A8 | Q-DiT (+ search) |"))
+    assert rtn.count("±") == qdit.count("±") == 8  # two seeds: a spread in every column
+    assert "Sweep wall time:" in md and "![Samples](samples.png)" in md
+    assert rtn in printed  # the table is also printed
+    with open(rep / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 4 and {r["method"] for r in table} == {"rtn", "qdit"}
+    assert all(float(r["precision"]) <= 1.0 for r in table)
+
+
+def test_report_without_experiments_fails_clearly(swept):
+    proj, env, _ = swept
+    proc = subprocess.run("python -m stages.report --sweep nope", cwd=proj, env=env, shell=True,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "no finished DVC experiments named nope-*" in proc.stderr
+    assert not (proj / "sweeps/nope").exists()
