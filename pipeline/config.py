@@ -174,7 +174,7 @@ class TrackingConfig:
 @dataclass
 class SweepConfig:
     name: str = "sweep"
-    bits: list[str] = field(default_factory=lambda: ["W8A8", "W6A8", "W4A8", "W4A16", "W4A4"])
+    bits: list[str] = field(default_factory=lambda: ["W8A8", "W6A8", "W4A16", "W4A8", "W4A4"])
     methods: list[str] = field(default_factory=lambda: ["rtn", "qdit"])
     ablation_bits: list[str] = field(default_factory=lambda: ["W4A8", "W4A4"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])

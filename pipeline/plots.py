@@ -133,7 +133,7 @@ def metric_vs_bits(series: dict[str, dict[str, tuple[float, float]]], bits_order
     """One panel per metric: mean +- std over seeds against the bit setting, one line per
     method; the FP model as a dashed band. series[metric][method] = {bits: (mean, std)}."""
     plt = _pyplot()
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
     x = {b: i for i, b in enumerate(bits_order)}
@@ -147,7 +147,7 @@ def metric_vs_bits(series: dict[str, dict[str, tuple[float, float]]], bits_order
             ax.axhspan(fp[0] - fp[1], fp[0] + fp[1], color="k", alpha=0.08)
         ax.set_xticks(range(len(bits_order)), bits_order)
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("bit setting")
         ax.set_title(title)
@@ -188,6 +188,8 @@ def sample_panels(panels: dict[str, dict[str, np.ndarray]], columns: list[str], 
         for j, col in enumerate(columns):
             ax = axes[i][j]
             ax.axis("off")
+            if i == 0:
+                ax.set_title(col, fontsize=9)
             images = panels[row].get(col)
             if images is None:
                 continue
@@ -197,8 +199,6 @@ def sample_panels(panels: dict[str, dict[str, np.ndarray]], columns: list[str], 
             grid = cells.reshape(k, k, h, w, c).transpose(0, 2, 1, 3, 4).reshape(k * h, k * w, c)
             ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None,
                       interpolation="nearest")
-            if i == 0:
-                ax.set_title(col, fontsize=9)
         axes[i][0].text(-0.08, 0.5, row, transform=axes[i][0].transAxes, rotation=90, ha="right",
                         va="center", fontsize=9)
     _save(fig, path)

@@ -85,7 +85,7 @@ def run(cfg, args) -> None:
 
 def _figures(out: Path, records: list[Record], table, bits_order, first_seed: int, grid: int) -> None:
     series = {key: {} for key in ("fid", "fid_fp")}
-    for row in table:
+    for row in sorted(table, key=lambda r: METHODS.index(r.method) if r.method in METHODS else len(METHODS)):
         if row.method == FP:
             continue
         for key in series:
