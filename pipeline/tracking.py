@@ -36,9 +36,11 @@ def _git_commit() -> str:
 
 
 def tracking_uri(cfg: DictConfig) -> str:
-    """$MLFLOW_TRACKING_URI, else tracking.uri: the environment lets a stage that runs in another
-    directory (a queued DVC experiment) log to the project's db."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+    """$QDIT_TRACKING_URI, else tracking.uri: the environment lets a stage that runs in another
+    directory (a queued DVC experiment) log to the project's db. Not $MLFLOW_TRACKING_URI:
+    mlflow.set_tracking_uri writes that variable, so it would leak from one stage to the next
+    in one process."""
+    return os.environ.get("QDIT_TRACKING_URI") or cfg.tracking.uri
 
 
 def absolute_uri(uri: str) -> str:

@@ -66,7 +66,7 @@ def run(cfg, args) -> None:
     env = dict(os.environ)
     if cfg.tracking.enabled:
         # queued experiments run in .dvc/tmp/exps/...: point their MLflow at this project's db
-        env["MLFLOW_TRACKING_URI"] = absolute_uri(tracking_uri(cfg))
+        env["QDIT_TRACKING_URI"] = absolute_uri(tracking_uri(cfg))
     if sw.jobs > 1 and "OMP_NUM_THREADS" not in env:
         # each experiment's torch would use every core: share them instead (2 jobs x 2 threads
         # on this 2-core machine took 166 s for a 1000-image sample stage)

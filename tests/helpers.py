@@ -112,6 +112,6 @@ def git_project(tmp_path: Path, extra: dict | None = None) -> tuple[Path, dict]:
            "PYTHONPATH": str(proj), "MLFLOW_DISABLE_TELEMETRY": "true",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("QDIT_TRACKING_URI", None)
     sh("git init -q && git add -A && git commit -qm init", proj, env)
     return proj, env
