@@ -6,23 +6,27 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline.io import read_calibration, read_images
 from tests.conftest import run_stage
-from tests.helpers import save_latent_pipeline, write_params, xl_config_dit
+from tests.helpers import REPO, deep_update, save_latent_pipeline, write_params, xl_config_dit
 
 
-def test_dit_xl2_config_runs_in_latent_space_and_decodes(tmp_path, monkeypatch, capsys):
+def test_dit_xl2_config_runs_the_paper_preset_with_small_counts(tmp_path, monkeypatch, capsys):
     src = save_latent_pipeline(tmp_path / "DiT-XL-2-256", xl_config_dit())
     proj = tmp_path / "proj"
     proj.mkdir()
-    run = {"num_samples": 2, "steps": 2, "guidance_scale": 1.5, "batch_size": 2}
-    write_params(proj, {"model": {"source": str(src)}, "calibrate": run, "stats": {"batch_size": 2},
-                        "quant": {"weight": {"group_size": 128, "clip_search": False}, "gptq": {"batch_size": 2}},
-                        "search": {"group_sizes": [128, 288], "population": 3, "top_k": 2, "mutations": 2,
-                                   "crossovers": 0, "generations": 1, "fitness": "mse"},  # no XL sampling on CPU
-                        "sample": {"num_images": 2, "steps": 2, "guidance_scale": 1.5, "batch_size": 2,
-                                   "grid_size": 1}})
+    # presets/paper-256.yaml (guidance 1.5, g = 128, the reference's candidates, Inception
+    # features, ADM reference) with counts, devices and fitness a CPU can afford
+    preset = yaml.safe_load((REPO / "presets/paper-256.yaml").read_text())
+    small = {"model": {"source": str(src)}, "calibrate": {"num_samples": 2, "steps": 2, "batch_size": 2},
+             "stats": {"batch_size": 2}, "quant": {"weight": {"clip_search": False}, "gptq": {"batch_size": 2}},
+             "search": {"group_sizes": [128, 288], "population": 3, "top_k": 2, "mutations": 2,
+                        "crossovers": 0, "generations": 1, "fitness": "mse"},  # no XL sampling on CPU
+             "sample": {"num_images": 2, "steps": 2, "batch_size": 2, "grid_size": 1},
+             "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true"}}
+    write_params(proj, deep_update(preset, small))
     monkeypatch.chdir(proj)
     run_stage("model")
     shutil.rmtree(src)  # everything downstream must come from data/model
@@ -33,6 +37,7 @@ def test_dit_xl2_config_runs_in_latent_space_and_decodes(tmp_path, monkeypatch, 
     run_stage("calibrate")
     records, manifest = read_calibration(proj / "data/calib")
     assert records["x"].shape == (2, 4, 32, 32) and manifest["null_label"] == 1000
+    assert manifest["guidance_scale"] == 1.5  # the preset's
 
     run_stage("stats")
     index = json.loads((proj / "data/stats/index.json").read_text())
