@@ -337,8 +337,7 @@ def validate(cfg: DictConfig, path: Path = Path("params.yaml")) -> None:
 def _validate_sweep(sw: DictConfig, path: Path) -> None:
     _require(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.]*", sw.name)), path, "sweep.name", sw.name,
              "letters, digits, '_' and '.' (it prefixes DVC experiment names)")
-    for key in ("sweep.bits", "sweep.ablation_bits"):
-        values = list(OmegaConf.select(sw, key.split(".")[1]))
+    for key, values in (("sweep.bits", sw.bits), ("sweep.ablation_bits", sw.ablation_bits)):
         for b in values:
             try:
                 w, a = parse_bits(b)

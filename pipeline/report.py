@@ -62,7 +62,7 @@ def rows(records: list[Record], bits_order: list[str] | None = None) -> list[Row
             if v is not None:
                 fp.setdefault(key, []).append(float(v))
     out = [Row("W16A16", FP, fp)] if records else []
-    order = list(bits_order or []) + sorted({r.bits for r in records} - set(bits_order or []))
+    order = list(dict.fromkeys(bits_order or [])) + sorted({r.bits for r in records} - set(bits_order or []))
     for bits in order:
         for method in list(METHODS) + sorted({r.method for r in records} - set(METHODS)):
             group = [r for r in records if r.bits == bits and r.method == method]

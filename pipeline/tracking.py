@@ -43,18 +43,19 @@ def tracking_uri(cfg: DictConfig) -> str:
     return os.environ.get("QDIT_TRACKING_URI") or cfg.tracking.uri
 
 
+_SQLITE = "sqlite:///"
+
+
 def absolute_uri(uri: str) -> str:
     """A relative sqlite path made absolute (from the current directory)."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+    if uri.startswith(_SQLITE) and not uri.startswith(_SQLITE + "/"):
+        return _SQLITE + str(Path(uri[len(_SQLITE):]).resolve())
     return uri
 
 
 def _artifact_root(uri: str) -> str:
     """Artifacts beside an sqlite db (never ./mlruns, which MLflow 3 refuses)."""
-    prefix = "sqlite:///"
-    base = Path(uri[len(prefix):]).resolve().parent if uri.startswith(prefix) else Path.cwd()
+    base = Path(uri[len(_SQLITE):]).resolve().parent if uri.startswith(_SQLITE) else Path.cwd()
     return (base / "mlartifacts").as_uri()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,11 +37,36 @@ def add_args(parser) -> None:
     parser.add_argument("--grid", type=int, default=6, help="images per side of each sample cell")
 
 
+def _baselines(prefix: str) -> list[str]:
+    """The commits that hold experiments named prefix*, newest first. A sweep stays attached to
+    the commit it ran on, so after a later commit `dvc exp show` alone no longer lists it."""
+    listing = subprocess.run(["dvc", "exp", "list", "--all-commits"], capture_output=True, text=True).stdout
+    revs: list[str] = []
+    current = None
+    for line in listing.splitlines():  # "<baseline>:" then "\t<sha> [<name>]" per experiment
+        if line and not line[0].isspace() and line.rstrip().endswith(":"):
+            current = line.rstrip()[:-1]
+        elif current and f"[{prefix}" in line and current not in revs:
+            revs.append(current)
+
+    def commit_time(rev: str) -> int:
+        out = subprocess.run(["git", "log", "-1", "--format=%ct", rev], capture_output=True, text=True).stdout
+        return int(out.strip() or 0)
+
+    return sorted(revs, key=commit_time, reverse=True)
+
+
 def _experiments(name: str) -> list[dict]:
     import dvc.api
 
     prefix = f"{name}-"
-    found = [r for r in dvc.api.exp_show() if str(r.get("Experiment") or "").startswith(prefix)]
+    baselines = _baselines(prefix)
+    found, seen = [], set()
+    for r in dvc.api.exp_show(revs=baselines) if baselines else []:
+        exp = str(r.get("Experiment") or "")
+        if exp.startswith(prefix) and exp not in seen:  # a name rerun on a newer commit wins
+            seen.add(exp)
+            found.append(r)
     done = [r for r in found if r.get("State") in (None, "Success")]
     if not done:
         raise UserError(f"no finished DVC experiments named {prefix}* ({len(found)} queued, running or "
@@ -55,7 +81,7 @@ def _read(path: str, rev: str, binary: bool = False):
         with dvc.api.open(path, rev=rev, mode="rb" if binary else "r") as f:
             return f.read()
     except Exception as e:
-        raise UserError(f"{path} of experiment {rev}: cannot read it from DVC's cache ({e}); "
+        raise UserError(f"{path} of experiment commit {rev}: cannot read it from DVC's cache ({e}); "
                         "was the experiment garbage-collected (dvc gc)?") from None
 
 
@@ -69,21 +95,22 @@ def run(cfg, args) -> None:
     out = args.out or SWEEPS / name / "report"
     exps = _experiments(name)
     records = [record_from_params(r["Experiment"], r, r) for r in exps]
-    # params.yaml's order of bit settings, then any other the experiments have
-    bits_order = [b for b in dict.fromkeys(
-        [bits_label(*parse_bits(b)) for b in list(cfg.sweep.bits) + list(cfg.sweep.ablation_bits)]
-        + [r.bits for r in records]) if any(r.bits == b for r in records)]
-    table = rows(records, bits_order)
+    # params.yaml's order of bit settings (rows() appends any other the experiments have)
+    table = rows(records, [bits_label(*parse_bits(b)) for b in list(cfg.sweep.bits) + list(cfg.sweep.ablation_bits)])
+    bits_order = list(dict.fromkeys(row.bits for row in table if row.method != FP))
     first_seed = min(r.seed for r in records)
+    # artifacts are read by the experiment's commit: a name can repeat across baselines
+    revs = {r["Experiment"]: r["rev"] for r in exps}
     with atomic_dir(out) as tmp:
-        _figures(tmp, records, table, bits_order, first_seed, args.grid)
+        _figures(tmp, records, revs, table, bits_order, first_seed, args.grid)
         _results_csv(tmp / "results.csv", records)
         (tmp / "report.md").write_text(_markdown(name, records, table))
     print(f"[report] {len(records)} experiments, {len(table)} rows -> {out}/report.md", file=sys.stderr)
     print(markdown_table(table))
 
 
-def _figures(out: Path, records: list[Record], table, bits_order, first_seed: int, grid: int) -> None:
+def _figures(out: Path, records: list[Record], revs: dict[str, str], table, bits_order, first_seed: int,
+             grid: int) -> None:
     series = {key: {} for key in ("fid", "fid_fp")}
     for row in sorted(table, key=lambda r: METHODS.index(r.method) if r.method in METHODS else len(METHODS)):
         if row.method == FP:
@@ -102,21 +129,21 @@ def _figures(out: Path, records: list[Record], table, bits_order, first_seed: in
         plans = {}
         for bits in bits_order:
             if bits in searched:
-                plan = yaml.safe_load(_read("data/search/plan.yaml", searched[bits]))
+                plan = yaml.safe_load(_read("data/search/plan.yaml", revs[searched[bits]]))
                 plans[bits] = {k: int(v["group_size"]) for k, v in plan["layers"].items()
                                if v.get("granularity") == "group"}
         plots.group_sizes_by_setting(plans, out / "group_sizes.png",
                                      f"Searched group size per layer (seed {first_seed})")
-    (out / "activation_ranges.png").write_bytes(_read("data/stats/activation_ranges.png", first[0].name, True))
+    (out / "activation_ranges.png").write_bytes(_read("data/stats/activation_ranges.png", revs[first[0].name], True))
     n = grid * grid
     panels: dict[str, dict[str, np.ndarray]] = {}
     for bits in bits_order:
         here = [r for r in first if r.bits == bits]
         if not here:
             continue
-        panels[bits] = {"FP": _images("data/samples_fp/images.npz", here[0].name, n)}
+        panels[bits] = {"FP": _images("data/samples_fp/images.npz", revs[here[0].name], n)}
         for r in here:
-            panels[bits][LABELS.get(r.method, r.method)] = _images("data/samples/images.npz", r.name, n)
+            panels[bits][LABELS.get(r.method, r.method)] = _images("data/samples/images.npz", revs[r.name], n)
     columns = ["FP"] + [LABELS[m] for m in METHODS if any(LABELS[m] in p for p in panels.values())]
     plots.sample_panels(panels, columns, grid, out / "samples.png")
 

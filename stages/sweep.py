@@ -27,7 +27,7 @@ from pipeline.tracking import absolute_uri, tracking_uri
 from stages.common import main
 
 SWEEPS = Path("sweeps")
-DONE = {"Success": "success", "Failed": "failed"}
+DONE = {"Success", "Failed"}  # DVC's final experiment states
 
 
 def add_args(parser) -> None:

@@ -27,9 +27,6 @@ class FeatureSet:
     spatial: torch.Tensor
     logits: torch.Tensor
 
-    def __len__(self) -> int:
-        return len(self.pool)
-
 
 class InceptionFeatures(nn.Module):
     """Inception-v3 as in the ADM evaluator: pool3 (2048-d) for FID, KID and precision/recall;
@@ -43,10 +40,6 @@ class InceptionFeatures(nn.Module):
         self.net = net
         self._spatial: torch.Tensor | None = None
         net.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
-
-    @property
-    def num_features(self) -> int:
-        return 2048
 
     def _keep_spatial(self, module, inputs, output) -> None:
         self._spatial = output

@@ -37,10 +37,14 @@ def inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> 
     return torch.cat(out)
 
 
-def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int = 3) -> tuple[float, float]:
-    """(precision, recall) of generated features [N, D] against real features [M, D]."""
+def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int = 3,
+                     real_radii: torch.Tensor | None = None) -> tuple[float, float]:
+    """(precision, recall) of generated features [N, D] against real features [M, D];
+    `real_radii` (manifold_radii(real, k)) when the caller already has them."""
     if fake.shape[1] != real.shape[1]:
         raise ValueError(f"feature sizes differ: generated {fake.shape[1]}, real {real.shape[1]}")
-    precision = inside(fake, real, manifold_radii(real, k)).double().mean().item()
+    if real_radii is None:
+        real_radii = manifold_radii(real, k)
+    precision = inside(fake, real, real_radii).double().mean().item()
     recall = inside(real, fake, manifold_radii(fake, k)).double().mean().item()
     return precision, recall

@@ -6,14 +6,14 @@ them. The reference contributes features of its images and/or its precomputed st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from pipeline.errors import UserError
 from pipeline.metrics.features import FeatureSet, extract_all
 from pipeline.metrics.fid import frechet_distance
-from pipeline.metrics.precision_recall import precision_recall
+from pipeline.metrics.precision_recall import manifold_radii, precision_recall
 from pipeline.metrics.reference import Reference, Stats
 from pipeline.metrics.scores import inception_score, kid
 
@@ -25,6 +25,13 @@ class RealFeatures:
     feats: FeatureSet | None
     pool_stats: Stats | None
     spatial_stats: Stats | None
+    _radii: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def radii(self, k: int) -> torch.Tensor:
+        """The reference's k-NN radii, computed once however many sets are compared with it."""
+        if k not in self._radii:
+            self._radii[k] = manifold_radii(self.feats.pool, k)
+        return self._radii[k]
 
 
 def reference_features(reference: Reference, extractor, batch_size: int, device=None,
@@ -59,7 +66,7 @@ def distribution_metrics(fake: FeatureSet, real: RealFeatures, *, k: int = 3, ki
     }
     if real.feats is not None:
         out["kid"] = kid(fake.pool, real.feats.pool, kid_subsets, kid_subset_size)
-        out["precision"], out["recall"] = precision_recall(fake.pool, real.feats.pool, k)
+        out["precision"], out["recall"] = precision_recall(fake.pool, real.feats.pool, k, real.radii(k))
     return out
 
 

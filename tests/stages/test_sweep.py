@@ -69,6 +69,8 @@ def test_report_writes_the_table_and_figures(swept):
     from PIL import Image
 
     proj, env, _ = swept
+    # a commit after the sweep: its experiments stay attached to the commit they ran on
+    sh("git commit -q --allow-empty -m later", proj, env)
     printed = sh("python -m stages.report --sweep t", proj, env)
     rep = proj / "sweeps/t/report"
     for name in ("fid_vs_bits.png", "group_sizes.png", "activation_ranges.png", "samples.png"):
