@@ -23,21 +23,14 @@ import time
 
 import torch
 
+from _common import XL_SCHEDULE, xl_transformer
 from pipeline.sampling import denoise, make_scheduler
 from pipeline.seeds import generators, initial_noise
 
 
 def build(args):
     if args.xl_config:
-        from diffusers import DiTTransformer2DModel
-
-        torch.manual_seed(0)
-        model = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4,
-                                      out_channels=8, num_layers=28, sample_size=32, patch_size=2,
-                                      num_embeds_ada_norm=1000)
-        sched_cfg = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4,
-                     "beta_end": 0.02, "clip_sample": False}
-        return model.eval(), sched_cfg, 1000
+        return xl_transformer(), dict(XL_SCHEDULE), 1000
     from pipeline.models.loader import load_fp_model
 
     fp = load_fp_model(args.model)

@@ -26,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from _common import XL_SCHEDULE, sd_vae, xl_transformer
 from pipeline.models.loader import FPModel
 from pipeline.quant.apply import linear_in_features, measure_shapes
 from pipeline.quant.plan import build_plan
@@ -47,19 +48,8 @@ class RandomFeatures(nn.Module):
 
 
 def xl_model(device, num_layers=28):
-    from diffusers import AutoencoderKL, DiTTransformer2DModel
-
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4,
-                                        out_channels=8, num_layers=num_layers, sample_size=32, patch_size=2,
-                                        num_embeds_ada_norm=1000).eval()
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=256).eval()
-    vae.config.scaling_factor = 0.18215
-    sched = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
-             "clip_sample": False}
-    return FPModel(transformer.to(device), vae.to(device), sched, {})
+    transformer, vae = xl_transformer(num_layers), sd_vae()
+    return FPModel(transformer.to(device), vae.to(device), dict(XL_SCHEDULE), {})
 
 
 def timed(fn):

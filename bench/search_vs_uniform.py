@@ -25,16 +25,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from _common import summary
+from _common import deep_update, summary
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def deep_update(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = deep_update(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
 
 
 def stage(name: str, params: dict, *argv: str) -> None:

@@ -7,7 +7,8 @@ Fidelity to the FP model, image by image from the same noise:
 fid_fp   FID of data/samples against data/samples_fp.
 psnr_fp  PSNR of the set (inf when all identical); ssim_fp  mean SSIM.
 On small guided models `fid` can fall as quantization error grows; the *_fp metrics cannot.
-Every image set goes through the feature network once.
+Every image set goes through the feature network once, in one Lightning predict run on
+trainer.devices (always float32).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import numpy as np
 from pipeline.config import flat
 from pipeline.errors import UserError
 from pipeline.io import read_images, read_json, write_json
-from pipeline.metrics.features import build_extractor, extract_all, resolve_kind
+from pipeline.lit.features import extract_sets
+from pipeline.metrics.features import build_extractor, resolve_kind
 from pipeline.metrics.fidelity import psnr, ssim
 from pipeline.metrics.reference import load_reference
-from pipeline.metrics.suite import distribution_metrics, fidelity_fid, reference_features
-from pipeline.models.loader import default_device
+from pipeline.metrics.suite import RealFeatures, distribution_metrics, fidelity_fid
 from pipeline.tracking import log_stage
-from stages.common import METRICS, MODEL, QUANT, SAMPLES, SAMPLES_FP, main
+from stages.common import DATA, METRICS, MODEL, QUANT, SAMPLES, SAMPLES_FP, main
 
 
 def run(cfg, args) -> None:
@@ -42,10 +43,12 @@ def run(cfg, args) -> None:
     extractor = build_extractor(kind, MODEL, e.inception_weights)
     reference = load_reference(e.reference, samples["images"].shape[1:])
     start = time.time()
-    device = default_device()
-    feats = extract_all(extractor, samples["images"], e.batch_size, device, "features: samples")
-    feats_fp = extract_all(extractor, fp["images"], e.batch_size, device, "features: FP samples")
-    real = reference_features(reference, extractor, e.batch_size, device)
+    sets = [samples["images"], fp["images"]] + ([reference.images] if reference.images is not None else [])
+    extracted = extract_sets(extractor, sets, e.batch_size, cfg.trainer, DATA / ".parts-evaluate")
+    if extracted is None:  # a DDP rank other than the main one: its part is written
+        return
+    feats, feats_fp, *ref = extracted
+    real = RealFeatures(ref[0] if ref else None, reference.pool_stats, reference.spatial_stats)
     options = dict(k=e.nearest_k, kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size)
     metrics = distribution_metrics(feats, real, **options)
     metrics |= {f"{k}_fp_model": v for k, v in distribution_metrics(feats_fp, real, **options).items()}

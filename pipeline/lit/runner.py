@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,15 +39,36 @@ class IndexDataset(Dataset):
 
 
 class _PartWriter(Callback):
-    def __init__(self, parts_dir: Path):
+    def __init__(self, parts_dir: Path, report: bool):
         self.parts_dir = parts_dir
+        self.report = report
         self.buffer: list[dict[str, torch.Tensor]] = []
 
+    def on_predict_epoch_start(self, trainer, pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        self.items, self.start = 0, time.perf_counter()
+
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.items += len(batch)
         if outputs:
             self.buffer.append({k: v.detach().cpu() for k, v in outputs.items()})
 
+    def _report(self, trainer, pl_module) -> None:
+        """Per rank: the loop's own time (no process start or model load) and peak GPU memory,
+        what multi-device scaling and memory are judged by."""
+        cuda = pl_module.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(pl_module.device)
+        line = f"[predict] rank {trainer.global_rank}: {self.items} items in {time.perf_counter() - self.start:.2f} s"
+        if cuda:
+            line += f", peak GPU memory {torch.cuda.max_memory_allocated(pl_module.device) / 2**30:.2f} GiB"
+        print(line, file=sys.stderr, flush=True)
+
     def on_predict_epoch_end(self, trainer, pl_module):
+        if self.report:
+            self._report(trainer, pl_module)
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         if self.buffer:
             merged = {k: torch.cat([b[k] for b in self.buffer]) for k in self.buffer[0]}
@@ -93,7 +116,7 @@ def run_predict(module: L.LightningModule, dataset: Dataset, batch_size: int, tr
     launcher = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     if launcher and parts_dir.exists():
         shutil.rmtree(parts_dir)  # leftovers of an interrupted run
-    writer = _PartWriter(parts_dir)
+    writer = _PartWriter(parts_dir, report=progress)
     trainer = make_trainer(trainer_cfg, [writer], progress)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     trainer.predict(module, loader, return_predictions=False)

@@ -1,6 +1,6 @@
 """The evaluation suite: FID, sFID, IS, KID, precision and recall from one feature pass.
 
-Generated images are turned into features once (features.extract_all); every metric reads
+Every image set is turned into features once (lit.features.extract_sets); every metric reads
 them. The reference contributes features of its images and/or its precomputed statistics.
 """
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.errors import UserError
-from pipeline.metrics.features import FeatureSet, extract_all
+from pipeline.metrics.features import FeatureSet
 from pipeline.metrics.fid import frechet_distance
 from pipeline.metrics.precision_recall import manifold_radii, precision_recall
-from pipeline.metrics.reference import Reference, Stats
+from pipeline.metrics.reference import Stats
 from pipeline.metrics.scores import inception_score, kid
 
 METRICS = ("fid", "sfid", "is", "kid", "precision", "recall")
@@ -32,14 +32,6 @@ class RealFeatures:
         if k not in self._radii:
             self._radii[k] = manifold_radii(self.feats.pool, k)
         return self._radii[k]
-
-
-def reference_features(reference: Reference, extractor, batch_size: int, device=None,
-                       progress: bool = True) -> RealFeatures:
-    feats = None
-    if reference.images is not None:
-        feats = extract_all(extractor, reference.images, batch_size, device, "features: reference", progress)
-    return RealFeatures(feats, reference.pool_stats, reference.spatial_stats)
 
 
 def _check_dim(name: str, fake: torch.Tensor, stats: Stats | None) -> None:

@@ -33,3 +33,20 @@ def test_ssim_falls_with_noise_and_fits_small_images():
     assert 0.0 < s < 0.99
     big = _images(size=32, c=3)
     assert ssim(big, big) == pytest.approx(1.0)
+
+
+def test_chunked_metrics_equal_the_whole_set_at_once():
+    import torch
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    from pipeline.metrics import fidelity
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (fidelity.CHUNK * 2 + 5, 16, 16, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    whole_a, whole_b = (torch.from_numpy(x).permute(0, 3, 1, 2).double() for x in (a, b))
+    # torchmetrics' PSNR sums in float32; ours sums the integer errors exactly
+    assert psnr(a, b) == pytest.approx(float(peak_signal_noise_ratio(whole_a, whole_b, data_range=255.0)), rel=1e-6)
+    # filtered in float32 per chunk against float64 on the whole set
+    assert ssim(a, b) == pytest.approx(float(structural_similarity_index_measure(
+        whole_a, whole_b, data_range=255.0, kernel_size=11)), rel=1e-6)

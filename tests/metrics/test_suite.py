@@ -6,8 +6,7 @@ import torch.nn as nn
 from pipeline.errors import UserError
 from pipeline.metrics.features import FeatureSet, InceptionFeatures, extract, extract_all
 from pipeline.metrics.fid import statistics
-from pipeline.metrics.reference import Reference
-from pipeline.metrics.suite import METRICS, RealFeatures, distribution_metrics, reference_features
+from pipeline.metrics.suite import METRICS, RealFeatures, distribution_metrics
 from pipeline.models.classifier import DigitClassifier, DigitFeatures
 from pipeline.models.tiny import load_digits_images
 
@@ -30,7 +29,7 @@ def test_one_pass_gives_the_three_views(digit_extractor):
 def test_identical_sets_score_perfectly(digit_extractor):
     images = load_digits_images()[0][:300]
     feats = extract_all(digit_extractor, images, 100, progress=False)
-    real = reference_features(Reference(images=images), digit_extractor, 100, progress=False)
+    real = RealFeatures(extract_all(digit_extractor, images, 100, progress=False), None, None)
     m = distribution_metrics(feats, real, kid_subset_size=300)
     assert set(m) == set(METRICS)
     assert abs(m["fid"]) < 1e-6 and abs(m["sfid"]) < 1e-6
@@ -40,7 +39,7 @@ def test_identical_sets_score_perfectly(digit_extractor):
 
 def test_disjoint_sets_score_badly(digit_extractor):
     images = load_digits_images()[0][:300]
-    real = reference_features(Reference(images=images), digit_extractor, 100, progress=False)
+    real = RealFeatures(extract_all(digit_extractor, images, 100, progress=False), None, None)
     noise = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
     m = distribution_metrics(extract_all(digit_extractor, noise, 100, progress=False), real, kid_subset_size=300)
     good = distribution_metrics(extract_all(digit_extractor, images[:150], 100, progress=False), real,

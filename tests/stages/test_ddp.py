@@ -1,10 +1,12 @@
-"""1 and 2 processes (DDP, gloo on CPU) produce the same artifacts."""
+"""1 and 2 processes (DDP, gloo on CPU) produce the same artifacts and metrics."""
 
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -24,7 +26,15 @@ def test_two_ddp_processes_match_one(pipeline_copy, built_pipeline):
     # odd counts so DistributedSampler pads, and batches split differently across ranks
     write_params(pipeline_copy, {"trainer": {"devices": 2, "strategy": "ddp", "accelerator": "cpu"},
                                  "sample": {"batch_size": 7}, "calibrate": {"batch_size": 5},
-                                 "stats": {"batch_size": 5}})
+                                 "stats": {"batch_size": 5}, "evaluate": {"batch_size": 11}})
+    # evaluate first, on the samples the one-process run made: features gathered by index
+    proc = _run(["stages.evaluate"], pipeline_copy)
+    assert proc.stderr.count("[predict] rank") == 2
+    m1 = json.loads((built_pipeline / "metrics.json").read_text())
+    m2 = json.loads((pipeline_copy / "metrics.json").read_text())
+    assert m1.keys() == m2.keys()
+    for k, v in m1.items():  # batches differ per rank: float32 features may move in the last bits
+        assert v == (pytest.approx(m2[k], rel=1e-5, abs=1e-6) if isinstance(v, float) else m2[k]), k
     for stage in (["stages.calibrate"], ["stages.stats"], ["stages.sample"]):
         _run(stage, pipeline_copy)
     one = np.load(built_pipeline / "data/samples/images.npz")
@@ -50,7 +60,6 @@ def test_two_ddp_processes_match_one(pipeline_copy, built_pipeline):
 
 
 def test_search_fitness_spreads_over_two_ddp_processes(pipeline_copy, built_pipeline):
-    import json
     import shutil
 
     search = {"fitness": "fid_fp", "population": 4, "top_k": 2, "mutations": 2, "crossovers": 2, "generations": 1,
