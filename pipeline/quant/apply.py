@@ -19,6 +19,7 @@ from pipeline.quant.attention import QuantAttnProcessor
 from pipeline.quant.cost import LayerShape, weight_storage_bits
 from pipeline.quant.gptq import HessianAccumulator, gptq_quantize
 from pipeline.quant.linear import QuantLinear
+from pipeline.quant.packing import PACKED_BITS, pack_int4, unpack_int4
 from pipeline.quant.plan import LayerPlan, QuantPlan
 from pipeline.quant.quantizer import FP_BITS
 
@@ -148,14 +149,18 @@ def gptq_model(model: nn.Module, plan: QuantPlan, batches: list[dict], ranges: R
 
 
 def quant_state(model: nn.Module, plan: QuantPlan) -> dict[str, torch.Tensor]:
-    """Integer codes (uint8), float16 scales, integer zero points, biases, static act ranges."""
+    """Integer codes (uint8; two per byte at 4 bits or fewer, see packing.py), float16 scales,
+    integer zero points, biases, static act ranges."""
     out: dict[str, torch.Tensor] = {}
     for name in plan.layers:
         m: QuantLinear = model.get_submodule(name)
         if m.weight_bits == FP_BITS:
             out[f"{name}.weight"] = m.weight.detach()
         else:
-            out[f"{name}.qweight"] = m.qweight
+            if m.weight_bits <= PACKED_BITS:
+                out[f"{name}.qweight_int4"] = pack_int4(m.qweight.cpu())
+            else:
+                out[f"{name}.qweight"] = m.qweight
             out[f"{name}.w_scale"] = m.w_scale.half()
             out[f"{name}.w_zero"] = m.w_zero.to(torch.uint8)
         if m.bias is not None:
@@ -197,7 +202,11 @@ def load_quantized(model: nn.Module, plan: QuantPlan, state: dict[str, torch.Ten
             if lp.weight_bits == FP_BITS:
                 q.weight.copy_(get(f"{name}.weight", linear.weight.shape))
             else:
-                q.qweight.copy_(get(f"{name}.qweight", linear.weight.shape))
+                if f"{name}.qweight_int4" in state:
+                    packed = get(f"{name}.qweight_int4", (linear.out_features, (linear.in_features + 1) // 2))
+                    q.qweight.copy_(unpack_int4(packed, linear.in_features))
+                else:
+                    q.qweight.copy_(get(f"{name}.qweight", linear.weight.shape))
                 q.w_scale.copy_(get(f"{name}.w_scale", q.w_scale.shape).float())
                 q.w_zero.copy_(get(f"{name}.w_zero", q.w_zero.shape).float())
             if linear.bias is not None:

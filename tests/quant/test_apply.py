@@ -66,13 +66,29 @@ def test_save_load_round_trip_gives_identical_outputs():
     plan = _plan(model, weight_bits=4, act_bits=8, act_mode="static_timestep")
     quantize_model(model, plan, act_ranges(stats, plan))
     state = quant_state(model, plan)
-    assert state["transformer_blocks.0.attn1.to_q.qweight"].dtype == torch.uint8
+    q = model.get_submodule("transformer_blocks.0.attn1.to_q")
+    packed = state["transformer_blocks.0.attn1.to_q.qweight_int4"]  # 4 bits: two codes per byte
+    assert packed.dtype == torch.uint8 and packed.shape == (q.out_features, q.in_features // 2)
     assert state["transformer_blocks.0.attn1.to_q.w_scale"].dtype == torch.float16
     fresh = load_quantized(_model(), plan, state)
     assert torch.equal(outputs(fresh, batches), outputs(model, batches))
-    del state["transformer_blocks.1.ff.net.2.qweight"]
+    # checkpoints written before packing (one code per byte) still load
+    old = {k.replace(".qweight_int4", ".qweight"): v for k, v in state.items()}
+    for name in plan.layers:
+        old[f"{name}.qweight"] = model.get_submodule(name).qweight.clone()
+    assert torch.equal(outputs(load_quantized(_model(), plan, old), batches), outputs(model, batches))
+    del state["transformer_blocks.1.ff.net.2.qweight_int4"]
     with pytest.raises(UserError, match="lacks 'transformer_blocks.1.ff.net.2.qweight'"):
         load_quantized(_model(), plan, state)
+
+
+def test_eight_bit_codes_stay_one_per_byte():
+    model = _model()
+    plan = _plan(model, weight_bits=8, act_bits=8)
+    state = quant_state(quantize_model(model, plan), plan)
+    assert not [k for k in state if k.endswith("qweight_int4")]
+    q = model.get_submodule("transformer_blocks.0.attn1.to_q")
+    assert torch.equal(state["transformer_blocks.0.attn1.to_q.qweight"], q.qweight)
 
 
 def _fake_stats(model):

@@ -90,7 +90,9 @@ def test_quantize_stage_outputs(built_pipeline):
 
     plan, state = read_quantized(built_pipeline / "data/quant")
     assert plan.method == "qdit" and len(plan.layers) == 6 * FAST["model"]["tiny"]["num_layers"]
-    assert all(v.dtype == torch.uint8 for k, v in state.items() if k.endswith(".qweight"))
+    codes = {k: v for k, v in state.items() if k.endswith((".qweight", ".qweight_int4"))}
+    assert len(codes) == len(plan.layers) and all(v.dtype == torch.uint8 for v in codes.values())
+    assert all(k.endswith(".qweight_int4") for k in codes)  # W4: two codes per byte
     summary = json.loads((built_pipeline / "data/quant/quant.json").read_text())
     assert summary["size_mb"] < summary["fp16_size_mb"]
     assert 0 < summary["calib_rel_err"] < 0.2
