@@ -20,6 +20,7 @@ from pipeline.ablation import METHODS as ABLATION_METHODS
 from pipeline.ablation import parse_bits
 from pipeline.errors import UserError
 from pipeline.quant.activation import ACT_MODES
+from pipeline.quant.backends import BACKENDS
 from pipeline.quant.plan import METHODS
 from pipeline.quant.quantizer import SUPPORTED_BITS
 from pipeline.quant.targets import DEFAULT_INCLUDE
@@ -116,6 +117,7 @@ class QuantConfig:
     exclude: list[str] = field(default_factory=list)
     plan: str | None = None
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
+    backend: str = "fake"
 
 
 @dataclass
@@ -291,6 +293,7 @@ def validate(cfg: DictConfig, path: Path = Path("params.yaml")) -> None:
         _require(value <= MAX_IMAGES, path, key, value, f"1 to {MAX_IMAGES}")
     q = cfg.quant
     _require(q.method in METHODS, path, "quant.method", q.method, ", ".join(METHODS))
+    _require(q.backend in BACKENDS, path, "quant.backend", q.backend, ", ".join(BACKENDS))
     bits_ok = "2 to 8, or 16 (not quantized)"
     for key in ("quant.weight.bits", "quant.act.bits", "quant.attn_bits"):
         value = OmegaConf.select(cfg, key)

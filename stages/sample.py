@@ -15,6 +15,7 @@ from pipeline.lit.runner import IndexDataset, run_predict
 from pipeline.lit.sampling import SamplingModule
 from pipeline.models.loader import load_fp_model
 from pipeline.quant.apply import load_quantized
+from pipeline.quant.backends import use_backend
 from pipeline.quant.plan import describe
 from pipeline.tracking import log_stage
 from stages.common import DATA, MODEL, QUANT, SAMPLES, SAMPLES_FP, main
@@ -32,6 +33,7 @@ def run(cfg, args) -> None:
     if not args.fp:
         plan, state = read_quantized(QUANT)
         load_quantized(fp.transformer, plan, state, str(QUANT))
+        use_backend(fp.transformer, cfg.quant.backend)
         described = describe(plan)
     module = SamplingModule(fp, scheduler=s.scheduler, steps=s.steps, guidance_scale=s.guidance_scale,
                             seed=s.seed)
@@ -50,7 +52,7 @@ def run(cfg, args) -> None:
             "num_images": int(len(images)), "image_shape": list(images.shape[1:]),
             "scheduler": s.scheduler, "steps": int(s.steps), "guidance_scale": float(s.guidance_scale),
             "seed": int(s.seed), "labels": "index mod num_classes",
-        })
+        } | ({} if args.fp else {"backend": cfg.quant.backend}))
     name = "sample_fp" if args.fp else "sample"
     log_stage(cfg, name, flat(cfg, ["sample", "trainer"] + ([] if args.fp else ["quant"])),
               {"seconds": seconds, "image_steps_per_s": s.num_images * s.steps / seconds},

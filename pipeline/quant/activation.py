@@ -104,14 +104,10 @@ class ActQuantizer(Float32Buffers):
             static = (*qparams(lo, hi, spec.bits, spec.symmetric), ts)
         return cls(spec, static, ctx)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spec = self.spec
-        if not spec.active:
-            return x
-        if spec.mode == "dynamic":
-            return dynamic_fake_quant(x, spec.bits, spec.group_size, spec.symmetric)
-        if spec.mode == "static":
-            return fake_quant(x, self.scale, self.zero, spec.bits).to(x.dtype)
+    def static_qparams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero point of a static mode, broadcastable to x."""
+        if self.spec.mode == "static":
+            return self.scale, self.zero
         t = self.ctx.timestep if self.ctx is not None else None
         if t is None:
             raise RuntimeError("static_timestep activation quantization needs the model's timestep; "
@@ -119,5 +115,13 @@ class ActQuantizer(Float32Buffers):
         t = torch.as_tensor(t, device=x.device).float().reshape(-1)
         slot = (self.timesteps[None, :] - t[:, None]).abs().argmin(1)  # nearest calibrated timestep
         view = (-1,) + (1,) * (x.dim() - 1)
-        s, z = self.scale[slot].reshape(view), self.zero[slot].reshape(view)
+        return self.scale[slot].reshape(view), self.zero[slot].reshape(view)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        if not spec.active:
+            return x
+        if spec.mode == "dynamic":
+            return dynamic_fake_quant(x, spec.bits, spec.group_size, spec.symmetric)
+        s, z = self.static_qparams(x)
         return fake_quant(x, s, z, spec.bits).to(x.dtype)

@@ -43,6 +43,7 @@ class QuantLinear(Float32Buffers):
             self.register_buffer("bias", torch.zeros(out_features, dtype=dtype))
         else:
             self.bias = None
+        self.int_gemm = None  # backends.use_backend: integer GEMM instead of dequantize + float GEMM
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, weight_bits: int, granularity: Granularity, act_spec: ActSpec,
@@ -73,6 +74,8 @@ class QuantLinear(Float32Buffers):
         return dequantize_weight(self.qweight, self.w_scale, self.w_zero).to(dtype or torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int_gemm is not None:
+            return self.int_gemm(x, self.act, self.bias)
         x = self.act(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)

@@ -305,3 +305,25 @@ def test_evaluate_with_adm_statistics_only(pipeline_copy, capsys):
     assert exit_info.value.code == 2
     assert "'mu/sigma' statistics are 2048-d but the features are 128-d" in capsys.readouterr().err
     assert not (pipeline_copy / "metrics.json").exists()
+
+
+def test_int8_backend_samples_the_fake_quant_images(pipeline_copy, built_pipeline, capsys):
+    import mlflow
+
+    write_params(pipeline_copy, {"quant": {"backend": "int8"}})
+    run_stage("sample")
+    fake = np.load(built_pipeline / "data/samples/images.npz")["images"].astype(int)
+    integer = np.load(pipeline_copy / "data/samples/images.npz")["images"].astype(int)
+    fp = np.load(built_pipeline / "data/samples_fp/images.npz")["images"].astype(int)
+    # integer GEMMs give the fake path's numbers up to float rounding, far closer than FP is
+    assert np.abs(integer - fake).mean() < 0.05 * np.abs(fake - fp).mean()
+    assert json.loads((pipeline_copy / "data/samples/info.json").read_text())["backend"] == "int8"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{pipeline_copy / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("qdit").experiment_id])
+    assert [r.data.params["quant.backend"] for r in runs if r.data.tags["qdit.stage"] == "sample"] == ["int8"]
+
+    write_params(pipeline_copy, {"quant": {"backend": "fp8"}})
+    with pytest.raises(SystemExit) as exit_:
+        run_stage("sample")
+    assert exit_.value.code == 2
+    assert "quant.backend = 'fp8' is not allowed; allowed: fake, int8" in capsys.readouterr().err
