@@ -210,6 +210,8 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
         raise UserError(f"{path}: expected a mapping of sections, got {type(user).__name__}")
     layers = [user] + ([OmegaConf.from_dotlist(overrides)] if overrides else [])
     schema = OmegaConf.structured(Params)
+    for layer in layers:
+        _check_containers(schema, layer, path)
     try:
         cfg = OmegaConf.merge(schema, *layers)
     except ConfigKeyError as e:
@@ -220,6 +222,30 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
         raise UserError(f"{path}: {getattr(e, 'full_key', '')}: {_first_line(e)}") from None
     validate(cfg, path)
     return cfg
+
+
+def _check_containers(schema: DictConfig, user: DictConfig, path: Path, prefix: str = "") -> None:
+    """A mapping where the schema has a list or a single value, or the reverse: OmegaConf's own
+    error for this does not always say which key, so find it first."""
+    def kind(node) -> str:
+        return "a mapping" if OmegaConf.is_dict(node) else "a list" if OmegaConf.is_list(node) else "a single value"
+
+    for key in user:
+        if key not in schema:
+            continue  # the merge reports unknown keys, with suggestions
+        want, got = schema._get_node(key), user._get_node(key)
+        full = f"{prefix}{key}"
+        if kind(want) != kind(got) and not got._is_none() and not _accepts_any(schema, key):
+            raise UserError(f"{path}: {full}: expected {kind(want)}, got {kind(got)}")
+        if OmegaConf.is_dict(want) and OmegaConf.is_dict(got):
+            _check_containers(want, got, path, full + ".")
+
+
+def _accepts_any(schema: DictConfig, key: str) -> bool:
+    """Keys typed Any (e.g. trainer.devices) take any value here; validate() judges them."""
+    from typing import Any as AnyType
+
+    return OmegaConf.get_type(schema, key) is None or schema._get_node(key)._metadata.ref_type is AnyType
 
 
 def _first_line(e: Exception) -> str:
@@ -335,6 +361,33 @@ def validate(cfg: DictConfig, path: Path = Path("params.yaml")) -> None:
     _require(bool(cfg.tracking.experiment.strip()), path, "tracking.experiment", cfg.tracking.experiment,
              "a non-empty name")
     _validate_sweep(cfg.sweep, path)
+    _validate_across_sections(cfg, path)
+
+
+def _validate_across_sections(cfg: DictConfig, path: Path) -> None:
+    """Checks between keys that each look fine alone: what can be known without the model."""
+    q, sr, tr = cfg.quant, cfg.search, cfg.trainer
+    grouped = q.method == "qdit" and q.weight.bits != 16 and q.plan is None
+    if grouped and cfg.model.source == "tiny":
+        # every quantized linear of the embedded DiT reads the hidden size or 4x it
+        hidden = cfg.model.tiny.num_heads * cfg.model.tiny.head_dim
+        divisors = ", ".join(str(d) for d in range(1, hidden + 1) if hidden % d == 0)
+        for key in ("quant.weight.group_size", "quant.act.group_size"):
+            g = OmegaConf.select(cfg, key)
+            _require(g is None or hidden % g == 0, path, key, g,
+                     f"a divisor of the embedded DiT's hidden size {hidden} "
+                     f"(model.tiny.num_heads x head_dim): {divisors}")
+    if grouped and sr.enabled:
+        _require(q.weight.group_size in sr.group_sizes, path, "search.group_sizes", list(sr.group_sizes),
+                 f"a list that includes quant.weight.group_size = {q.weight.group_size} (the search starts "
+                 "from that uniform plan)")
+    if isinstance(tr.devices, int) and tr.devices > 1:
+        counts = ["calibrate.num_samples", "sample.num_images"] + \
+                 (["search.num_images"] if sr.enabled and sr.fitness != "mse" else [])
+        for key in counts:
+            n = OmegaConf.select(cfg, key)
+            _require(n >= tr.devices, path, key, n,
+                     f"at least trainer.devices = {tr.devices} (every device needs one item)")
 
 
 def _validate_sweep(sw: DictConfig, path: Path) -> None:

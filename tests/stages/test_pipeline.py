@@ -182,7 +182,9 @@ def test_tracking_disabled_writes_no_mlflow_store(pipeline_copy):
 
 
 @pytest.mark.parametrize("extra, fragment", [
-    ({"quant": {"weight": {"group_size": 48}}}, "group size 48 does not divide its input size 128; valid group sizes: 1, 2, 4, 8, 16, 32, 64, 128"),
+    ({"quant": {"weight": {"group_size": 48}}}, "quant.weight.group_size = 48 is not allowed; allowed: a divisor of "
+                                                "the embedded DiT's hidden size 128 (model.tiny.num_heads x head_dim): "
+                                                "1, 2, 4, 8, 16, 32, 64, 128"),
     ({"quant": {"weight": {"bits": 12}}}, "quant.weight.bits = 12 is not allowed; allowed: 2 to 8, or 16"),
     ({"quant": {"include": ["blocks.*.qkv"]}}, "matches no Linear"),
 ])
