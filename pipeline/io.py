@@ -192,6 +192,27 @@ def write_quantized(out_dir: Path, plan, state: dict) -> None:
     save_file(state, str(out_dir / "quantized.safetensors"))
 
 
+def read_stats(stats_dir: str | Path) -> dict:
+    """The `stats` stage's activation ranges, with clear errors when missing or damaged."""
+    from safetensors.torch import load_file
+
+    path = Path(stats_dir) / "stats.safetensors"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; run the `stats` stage first (dvc repro)")
+    try:
+        state = load_file(str(path))
+    except Exception as e:
+        raise UserError(f"{path}: activation statistics are corrupt ({_first_line(e)}); rerun `stats`") from None
+    if "count" not in state or "timesteps" not in state:
+        raise UserError(f"{path}: activation statistics lack 'count'/'timesteps'; rerun `stats`")
+    return state
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def read_quantized(quant_dir: str | Path):
     """(QuantPlan, state dict) from the `quantize` stage's output, with clear errors."""
     from safetensors.torch import load_file

@@ -12,11 +12,10 @@ import time
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from pipeline.config import flat
 from pipeline.errors import UserError, require_finite
-from pipeline.io import atomic_dir, write_json, write_quantized
+from pipeline.io import atomic_dir, read_stats, write_json, write_quantized
 from pipeline.models.loader import default_device, load_fp_model
 from pipeline.quant.apply import (act_ranges, gptq_model, linear_in_features, model_size, outputs, quant_state,
                                   quantize_model)
@@ -45,7 +44,7 @@ def run(cfg, args) -> None:
     start = time.time()
     device = default_device()
     model.to(device)
-    ranges = act_ranges(load_file(str(STATS / "stats.safetensors")), plan) if plan.needs_ranges() else None
+    ranges = act_ranges(read_stats(STATS), plan) if plan.needs_ranges() else None
     batches = calibration_batches(fp, device, cfg.quant.gptq.batch_size)
     reference = outputs(model, batches, check=plan.layers)
     fp_weights = {n: model.get_submodule(n).weight.detach().float().cpu().clone() for n in plan.layers}

@@ -23,7 +23,7 @@ import time
 from pipeline import plots
 from pipeline.config import flat, section
 from pipeline.errors import UserError
-from pipeline.io import atomic_dir, atomic_file, read_json, write_json
+from pipeline.io import atomic_dir, atomic_file, read_json, read_stats, write_json
 from pipeline.models.loader import default_device, load_fp_model
 from pipeline.quant.apply import act_ranges, linear_in_features, measure_shapes
 from pipeline.quant.plan import plan_from_params
@@ -152,9 +152,7 @@ def run(cfg, args) -> None:
 
         ranges = None
         if base.needs_ranges():
-            from safetensors.torch import load_file
-
-            ranges = act_ranges(load_file(str(STATS / "stats.safetensors")), base)
+            ranges = act_ranges(read_stats(STATS), base)
         fitness = make_fitness(cfg, fp, model, batches, device)  # FP references, before quantizing
         is_main = _is_main()  # known once Lightning has set up the processes
         candidates = CandidateModel(model, space, ranges, progress=is_main)

@@ -84,6 +84,9 @@ def load_fp_model(model_dir: str | Path) -> FPModel:
         raise UserError(f"{model_dir}: FP model not found (no model.json); run the `model` stage first")
     try:
         info = json.loads(info_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{info_path}: model description is corrupt ({e}); rerun the `model` stage") from None
+    try:
         transformer = DiTTransformer2DModel.from_pretrained(model_dir / "transformer")
         vae = AutoencoderKL.from_pretrained(model_dir / "vae") if info.get("latent") else None
         sched_cfg = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())

@@ -329,3 +329,35 @@ def test_int8_backend_samples_the_fake_quant_images(pipeline_copy, built_pipelin
         run_stage("sample")
     assert exit_.value.code == 2
     assert "quant.backend = 'fp8' is not allowed; allowed: fake, int8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("artifact, stage, output, extra, fragment", [
+    ("data/model/model.json", "calibrate", "data/calib", {}, "model description is corrupt"),
+    ("data/model/transformer/diffusion_pytorch_model.safetensors", "calibrate", "data/calib", {},
+     "FP model directory is incomplete or corrupt"),
+    ("data/calib/manifest.json", "stats", "data/stats", {}, "calibration manifest is corrupt"),
+    ("data/stats/stats.safetensors", "search", "data/search", {"quant": {"act": {"mode": "static"}}},
+     "activation statistics are corrupt"),
+    ("data/search/plan.yaml", "quantize", "data/quant", {}, "cannot read the quantization plan"),
+    ("data/quant/plan.yaml", "sample", "data/samples", {}, "cannot read the quantization plan"),
+    ("data/quant/quantized.safetensors", "sample", "data/samples", {}, "quantized checkpoint is corrupt"),
+    ("data/quant/quant.json", "evaluate", "metrics.json", {}, "quantization summary is corrupt"),
+    ("data/samples/images.npz", "evaluate", "metrics.json", {}, "image set is corrupt"),
+])
+def test_truncated_artifact_stops_its_consumer_naming_the_file(pipeline_copy, capsys, artifact, stage, output,
+                                                               extra, fragment):
+    import shutil
+
+    write_params(pipeline_copy, extra)
+    path = pipeline_copy / artifact
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    out = pipeline_copy / output
+    shutil.rmtree(out) if out.is_dir() else out.unlink()
+    with pytest.raises(SystemExit) as exit_:
+        run_stage(stage)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert artifact in err and fragment in err
+    assert len([line for line in err.splitlines() if line.startswith("error [")]) == 1
+    assert not out.exists()
+    assert not [p for p in (pipeline_copy / "data").iterdir() if p.name.startswith(".")]
