@@ -5,22 +5,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.sampling import decode, denoise, make_scheduler, to_uint8
-from pipeline.seeds import generators, initial_noise
+from pipeline.inference import QuantizedDiT
+from pipeline.models.loader import FPModel
 
 
 def generate(transformer, fp, sample_cfg, n: int, seed: int) -> np.ndarray:
-    """n images (uint8 NHWC) exactly as the sample stage makes them, without Lightning."""
+    """n images (uint8 NHWC) of `transformer` (FP or quantized) with fp's VAE and scheduler,
+    exactly as the sample stage makes them, without Lightning."""
     s = sample_cfg
-    out = []
-    for start in range(0, n, s.batch_size):
-        index = torch.arange(start, min(n, start + s.batch_size))
-        gens = generators(seed, index)
-        noise = initial_noise(gens, fp.latent_shape, torch.float32)
-        x0 = denoise(transformer, make_scheduler(s.scheduler, fp.scheduler_config, s.steps), noise,
-                     index % fp.num_classes, guidance_scale=s.guidance_scale, null_label=fp.null_label, gens=gens)
-        out.append(to_uint8(decode(x0, fp.vae)))
-    return torch.cat(out).numpy()
+    model = QuantizedDiT(FPModel(transformer, fp.vae, fp.scheduler_config, fp.info), plan=None)
+    return model.generate(np.arange(n) % fp.num_classes, steps=s.steps, guidance_scale=s.guidance_scale,
+                          seed=seed, scheduler=s.scheduler, batch_size=s.batch_size)
 
 
 def deep_update(base: dict, extra: dict) -> dict:

@@ -18,7 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from pipeline.ablation import METHODS as ABLATION_METHODS
 from pipeline.ablation import parse_bits
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 from pipeline.quant.activation import ACT_MODES
 from pipeline.quant.backends import BACKENDS
 from pipeline.quant.plan import METHODS
@@ -217,9 +217,9 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     except ConfigKeyError as e:
         raise UserError(_unknown_key_message(path, e)) from None
     except ValidationError as e:
-        raise UserError(f"{path}: {e.full_key}: {_first_line(e)}") from None
+        raise UserError(f"{path}: {e.full_key}: {first_line(e)}") from None
     except OmegaConfBaseException as e:
-        raise UserError(f"{path}: {getattr(e, 'full_key', '')}: {_first_line(e)}") from None
+        raise UserError(f"{path}: {getattr(e, 'full_key', '')}: {first_line(e)}") from None
     validate(cfg, path)
     return cfg
 
@@ -243,13 +243,7 @@ def _check_containers(schema: DictConfig, user: DictConfig, path: Path, prefix: 
 
 def _accepts_any(schema: DictConfig, key: str) -> bool:
     """Keys typed Any (e.g. trainer.devices) take any value here; validate() judges them."""
-    from typing import Any as AnyType
-
-    return OmegaConf.get_type(schema, key) is None or schema._get_node(key)._metadata.ref_type is AnyType
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).splitlines()[0]
+    return schema._get_node(key)._metadata.ref_type is Any
 
 
 def _unknown_key_message(path: Path, e: ConfigKeyError) -> str:

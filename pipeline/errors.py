@@ -8,6 +8,12 @@ class UserError(Exception):
     """
 
 
+def first_line(e: Exception) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(e)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def require_finite(x, timesteps, what: str, where: str, hint: str = "") -> None:
     """Raise UserError naming `where` and the timestep of the first row of x [rows, ...] that
     holds a NaN or Inf; timesteps has one entry per row (or a single one for all)."""

@@ -35,7 +35,7 @@ from pipeline.seeds import generators, initial_noise
 @dataclass
 class QuantizedDiT:
     model: FPModel  # its transformer holds the QuantLinear modules of `plan`
-    plan: QuantPlan
+    plan: QuantPlan | None  # None: an FP model
 
     @property
     def device(self) -> torch.device:

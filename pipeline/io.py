@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 
 
 @contextlib.contextmanager
@@ -202,15 +202,10 @@ def read_stats(stats_dir: str | Path) -> dict:
     try:
         state = load_file(str(path))
     except Exception as e:
-        raise UserError(f"{path}: activation statistics are corrupt ({_first_line(e)}); rerun `stats`") from None
+        raise UserError(f"{path}: activation statistics are corrupt ({first_line(e)}); rerun `stats`") from None
     if "count" not in state or "timesteps" not in state:
         raise UserError(f"{path}: activation statistics lack 'count'/'timesteps'; rerun `stats`")
     return state
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e)
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def read_quantized(quant_dir: str | Path):

@@ -56,11 +56,18 @@ def attach_timestep_context(model: nn.Module) -> TimestepContext:
     return ctx
 
 
-def _dynamic_reference(x: torch.Tensor, bits: int, g: int, symmetric: bool) -> torch.Tensor:
-    shape = x.shape
-    xg = x.reshape(-1, shape[-1] // g, g).float()
+def dynamic_qparams(x: torch.Tensor, bits: int, g: int, symmetric: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [..., K] as float32 groups [rows, K / g, g], and each group's scale and zero point
+    [rows, K / g, 1] from its own min/max: dynamic quantization's parameters."""
+    xg = x.reshape(-1, x.shape[-1] // g, g).float()
     s, z = qparams(xg.amin(-1, keepdim=True), xg.amax(-1, keepdim=True), bits, symmetric, fp16_scale=False)
-    return fake_quant(xg, s, z, bits).reshape(shape).to(x.dtype)
+    return xg, s, z
+
+
+def _dynamic_reference(x: torch.Tensor, bits: int, g: int, symmetric: bool) -> torch.Tensor:
+    xg, s, z = dynamic_qparams(x, bits, g, symmetric)
+    return fake_quant(xg, s, z, bits).reshape(x.shape).to(x.dtype)
 
 
 def dynamic_fake_quant(x: torch.Tensor, bits: int, group_size: int | None, symmetric: bool = False) -> torch.Tensor:

@@ -23,8 +23,9 @@ import torch
 import torch.nn as nn
 
 from pipeline.errors import UserError
+from pipeline.quant.activation import dynamic_qparams
 from pipeline.quant.buffers import Float32Buffers
-from pipeline.quant.quantizer import FP_BITS, qparams, quantize
+from pipeline.quant.quantizer import FP_BITS, quantize
 
 BACKENDS = ("fake", "int8")
 
@@ -39,7 +40,6 @@ class IntGemm(Float32Buffers):
         super().__init__()
         n, k = layer.out_features, layer.in_features
         self.block, self.blocks = block, k // block
-        self.act_spec = layer.act.spec
         c_w = 2 ** (layer.weight_bits - 1)
         b = (layer.qweight.to(torch.int16) - c_w).to(torch.int8)  # [N, K]
         per_block = k // layer.w_scale.shape[1] // block  # weight groups span whole blocks
@@ -54,14 +54,12 @@ class IntGemm(Float32Buffers):
     def act_codes(self, x: torch.Tensor, act) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Codes [M, K] and per-block scale and zero point [M, J] of x [..., K] (M rows), as the
         fake path quantizes."""
-        spec = self.act_spec
+        spec = act.spec
         x2 = x.reshape(-1, x.shape[-1]).float()
         m, k = x2.shape
         if spec.mode == "dynamic":
             g = spec.group_size or k
-            xg = x2.reshape(m, k // g, g)
-            s, z = qparams(xg.amin(-1, keepdim=True), xg.amax(-1, keepdim=True), spec.bits, spec.symmetric,
-                           fp16_scale=False)
+            xg, s, z = dynamic_qparams(x2, spec.bits, g, spec.symmetric)
             q = quantize(xg, s, z, spec.bits).reshape(m, k)
             per_block = g // self.block
             return q, s[..., 0].repeat_interleave(per_block, 1), z[..., 0].repeat_interleave(per_block, 1)
@@ -73,7 +71,7 @@ class IntGemm(Float32Buffers):
         shape = x.shape
         q, s_x, z_x = self.act_codes(x, act)
         m = len(q)
-        c_x = 2 ** (self.act_spec.bits - 1)
+        c_x = 2 ** (act.spec.bits - 1)
         a = (q.to(torch.int16) - c_x).to(torch.int8).reshape(m, self.blocks, self.block)
         a_sum = a.to(torch.int32).sum(-1)  # [M, J]
         alpha = (z_x - c_x).round().to(torch.int32)  # zero points are integers
