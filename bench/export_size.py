@@ -5,7 +5,7 @@
 A DiT-XL/2 256 config transformer (random weights: sizes do not depend on values), quantized
 by round-to-nearest with Q-DiT's uniform plan (the default include list: attention q/k/v/out and
 both feed-forward linears of every block, 168 layers) and saved as the `quantize` stage saves
-it. "quantized layers" counts only those layers' tensors (codes, scales, zero points, biases)
+it (--all: every Linear of the transformer, adaLN modulation and embedders included). "quantized layers" counts only those layers' tensors (codes, scales, zero points, biases)
 against the same layers in FP16; "transformer" adds every other parameter at FP16 (embedders,
 adaLN modulation, final layer), which the checkpoint of the `model` stage holds.
 """
@@ -36,6 +36,7 @@ def file_bytes(state: dict) -> int:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--settings", nargs="+", default=["8:128", "4:128"], help="weight_bits:group_size")
+    p.add_argument("--all", action="store_true", help="quantize every Linear (adaLN, embedders, final layer too)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     base = xl_transformer()
@@ -45,7 +46,7 @@ def main() -> None:
     for setting in args.settings:
         bits, g = map(int, setting.split(":"))
         model = xl_transformer()
-        plan = build_plan(linear_in_features(model), method="qdit", include=DEFAULT_INCLUDE, exclude=[],
+        plan = build_plan(linear_in_features(model), method="qdit", include=("*",) if args.all else DEFAULT_INCLUDE, exclude=[],
                           weight_bits=bits, group_size=g, weight_symmetric=False, clip_search=False, gptq=False,
                           act_bits=8, act_mode="auto", act_group_size=None, act_symmetric=False, attn_bits=16)
         layers_fp16 = {k: v for k, v in fp16.items() if k.rsplit(".", 1)[0] in plan.layers}
@@ -53,7 +54,7 @@ def main() -> None:
             state = quant_state(quantize_model(model, plan), plan)
         q_bytes, l_bytes = file_bytes(state), file_bytes(layers_fp16)
         rest = total_fp16 - l_bytes
-        rows.append({"setting": f"W{bits} g{g}", "layers": len(plan.layers),
+        rows.append({"setting": f"W{bits} g{g}" + (" every Linear" if args.all else ""), "layers": len(plan.layers),
                      "quantized_layers_mb": round(q_bytes / 1e6, 1), "same_layers_fp16_mb": round(l_bytes / 1e6, 1),
                      "layers_ratio": round(q_bytes / l_bytes, 3),
                      "transformer_mb": round((q_bytes + rest) / 1e6, 1), "transformer_fp16_mb": round(total_fp16 / 1e6, 1),

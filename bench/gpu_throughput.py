@@ -2,6 +2,11 @@
 
   python bench/gpu_throughput.py --batches 256 32 --settings fp qdit:8:8:128 qdit:4:8:128 \
       --out bench/results/gpu_throughput.jsonl
+  python bench/gpu_throughput.py --settings fp qdit:8:8:128@fp8 qdit:4:16:128@int4   # real backends
+
+Settings as in sampling_throughput.py (@backend picks fake, int8, fp8 or int4; +all quantizes
+every Linear). Each setting also reports `weights_gib`, the GPU memory its model holds before
+sampling.
 
 One process, so every ratio is measured in one run. For each batch: each setting's
 image-steps/s through the DDIM loop (guidance 1.0, one forward per image-step) and its peak GPU
@@ -128,11 +133,21 @@ def main() -> None:
             for batch, steps in zip(args.batches, args.steps)}
     results, ceilings = [], {}
     for setting in args.settings:
-        model = quantized(copy.deepcopy(base).to(device), setting, clip=False).to(dtype=dtype)
+        try:
+            model = quantized(copy.deepcopy(base).to(device), setting, clip=False).to(dtype=dtype)
+        except Exception as e:  # e.g. a backend this GPU cannot run: recorded, the rest still runs
+            results.extend({"batch": batch, "setting": setting, "error": repr(e)[:300]} for batch in runs)
+            continue
+        # what the weights hold on the GPU: the base model stays on the CPU
+        weights = {"weights_gib": round(torch.cuda.memory_allocated() / 2**30, 3)} if device == "cuda" else {}
         for batch, run in runs.items():
             if setting == "fp":
                 ceilings[batch] = ceiling(model, batch, dtype, device)
-            results.append(measure(run, model, XL_SCHEDULE, 1000, dtype) | {"setting": setting})
+            try:
+                results.append(measure(run, model, XL_SCHEDULE, 1000, dtype) | {"setting": setting} | weights)
+            except Exception as e:  # recorded, the rest still runs
+                results.append({"batch": batch, "setting": setting, "error": repr(e)[:300]})
+            print("measured:", json.dumps(results[-1]), flush=True)  # survives a run cut short
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -140,6 +155,9 @@ def main() -> None:
     for batch in runs:
         fp = next((r for r in results if r["batch"] == batch and r["setting"] == "fp"), None)
         for r in (r for r in results if r["batch"] == batch):
+            if "error" in r:
+                lines.append(r)
+                continue
             if fp:
                 r["vs_fp"] = round(r["image_steps_per_s"] / fp["image_steps_per_s"], 3)
             if batch in ceilings:

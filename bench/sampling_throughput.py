@@ -5,7 +5,8 @@
   python bench/sampling_throughput.py --xl-config --batch 256 --steps 10 --dtype bfloat16 \
       --settings fp qdit:8:8:128 qdit:4:8:128                                            # GPU
 
-A setting is `fp` or method:weight_bits:act_bits:group_size (rtn ignores the group size).
+A setting is `fp` or method:weight_bits:act_bits:group_size (rtn ignores the group size),
+optionally followed by @backend (fake, int8, fp8, int4) and +all (quantize every Linear).
 All settings run in one process on the same inputs, so their ratio to FP is measured in one
 run. --xl-config builds a randomly initialised DiT-XL/2 256 transformer (diffusers config),
 which costs the same per step as the real weights; quantization there is round-to-nearest
@@ -65,18 +66,24 @@ def main() -> None:
 
 
 def quantized(model, setting: str, clip: bool):
+    """`fp`, or method:weight_bits:act_bits:group_size, then optionally @backend (default fake)
+    and +all (every Linear of the transformer, adaLN and embedders too, instead of Q-DiT's
+    attention and feed-forward linears)."""
     if setting == "fp":
         return model
     from pipeline.quant.apply import linear_in_features, quantize_model
+    from pipeline.quant.backends import use_backend
     from pipeline.quant.plan import build_plan
     from pipeline.quant.targets import DEFAULT_INCLUDE
 
+    setting, _, scope = setting.partition("+")
+    setting, _, backend = setting.partition("@")
     method, wb, ab, g = setting.split(":")
-    plan = build_plan(linear_in_features(model), method=method, include=DEFAULT_INCLUDE, exclude=[],
-                      weight_bits=int(wb), group_size=int(g), weight_symmetric=False, clip_search=clip,
+    plan = build_plan(linear_in_features(model), method=method, include=("*",) if scope == "all" else DEFAULT_INCLUDE,
+                      exclude=[], weight_bits=int(wb), group_size=int(g), weight_symmetric=False, clip_search=clip,
                       gptq=False, act_bits=int(ab), act_mode="dynamic" if method == "rtn" else "auto",
                       act_group_size=None, act_symmetric=False, attn_bits=16)
-    return quantize_model(model, plan)
+    return use_backend(quantize_model(model, plan), backend or "fake")
 
 
 def measure(args, model, sched_cfg, num_classes, dtype) -> dict:

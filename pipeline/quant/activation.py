@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from pipeline.quant import kernels
-from pipeline.quant.buffers import Float32Buffers
+from pipeline.quant.buffers import KeepDtypeBuffers
 from pipeline.quant.quantizer import FP_BITS, fake_quant, qparams
 
 ACT_MODES = ("none", "dynamic", "static", "static_timestep")
@@ -79,10 +79,10 @@ def dynamic_fake_quant(x: torch.Tensor, bits: int, group_size: int | None, symme
     return _dynamic_reference(x, bits, g, symmetric)
 
 
-class ActQuantizer(Float32Buffers):
+class ActQuantizer(KeepDtypeBuffers):
     """Static modes hold scale, zero [T] and the calibrated timesteps [T] (T = 1 for `static`)."""
 
-    _float32_buffers = ("scale", "zero", "timesteps")
+    _keep_dtype = ("scale", "zero", "timesteps")
 
     def __init__(self, spec: ActSpec, static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
                  ctx: TimestepContext | None = None):

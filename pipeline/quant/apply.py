@@ -158,7 +158,7 @@ def quant_state(model: nn.Module, plan: QuantPlan) -> dict[str, torch.Tensor]:
             out[f"{name}.weight"] = m.weight.detach()
         else:
             if m.weight_bits <= PACKED_BITS:
-                out[f"{name}.qweight_int4"] = pack_int4(m.qweight.cpu())
+                out[f"{name}.qweight_int4"] = pack_int4(m.codes().cpu())
             else:
                 out[f"{name}.qweight"] = m.qweight
             out[f"{name}.w_scale"] = m.w_scale.half()

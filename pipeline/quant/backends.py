@@ -1,4 +1,16 @@
-"""How a QuantLinear computes: `fake` (dequantize, then a float GEMM) or `int8` (integer GEMM).
+"""How a QuantLinear computes. Every backend runs the same plan and codes:
+
+fake  dequantize the weight codes and fake-quantize the input (Triton kernels on CUDA), then a
+      float GEMM: the simulation every search and metric uses. Runs everywhere.
+int8  integer GEMM on the codes (torch._int_mm), exact up to float rounding (below). CPU, CUDA.
+fp8   W8A8 in FP8 E4M3 with torch._scaled_mm: the plan's dequantized weight W^ re-rounded to
+      E4M3 with one scale per output channel, the input per token (scale = amax / 448) whatever
+      the plan's activation groups. Not the plan's integer grid, so it differs from fake by
+      E4M3 rounding. CUDA of compute capability 8.9+ (Ada, Hopper); on CPUs the same E4M3
+      operands are multiplied in float32 (a check of the numbers, not a speed-up).
+int4  weights of at most 4 bits held packed two per byte on the GPU and dequantized inside
+      the GEMM's K loop (lowbit_kernels.w4_linear); activations as the plan says (fake-quantized
+      by the Triton kernel, or A16). Equals fake up to the GEMM's summation order. Triton + CUDA.
 
 int8 computes y = x^ W^T from the integer codes themselves. Along the input dimension the
 layer splits into blocks within which both the activation and the weight share one scale and
@@ -19,22 +31,26 @@ kernel that applies the block scales inside the K loop is what makes it pay on G
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 
 from pipeline.errors import UserError
+from pipeline.quant import lowbit_kernels
 from pipeline.quant.activation import dynamic_qparams
-from pipeline.quant.buffers import Float32Buffers
+from pipeline.quant.buffers import KeepDtypeBuffers
+from pipeline.quant.packing import PACKED_BITS, pack_int4, unpack_int4
 from pipeline.quant.quantizer import FP_BITS, quantize
 
-BACKENDS = ("fake", "int8")
+BACKENDS = ("fake", "int8", "fp8", "int4")
 
 
-class IntGemm(Float32Buffers):
+class IntGemm(KeepDtypeBuffers):
     """The weight side of one layer, prepared once: int8 blocks, their column sums, centred
     zero points and scales per block. Buffers are not saved (rebuilt from the codes)."""
 
-    _float32_buffers = ("w_scale", "w_zero_c")
+    _keep_dtype = ("w_scale", "w_zero_c")
 
     def __init__(self, layer: nn.Module, block: int):
         super().__init__()
@@ -67,7 +83,8 @@ class IntGemm(Float32Buffers):
         s, z = (v.expand(*x.shape[:-1], 1).reshape(m, 1) for v in (s, z))
         return quantize(x2, s, z, spec.bits), s.expand(m, self.blocks), z.expand(m, self.blocks)
 
-    def forward(self, x: torch.Tensor, act, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        act, bias = layer.act, layer.bias
         shape = x.shape
         q, s_x, z_x = self.act_codes(x, act)
         m = len(q)
@@ -88,6 +105,87 @@ class IntGemm(Float32Buffers):
         return y.reshape(*shape[:-1], -1).to(x.dtype)
 
 
+class Fp8Gemm(KeepDtypeBuffers):
+    """E4M3 weight [N, K] with one float32 scale per output channel, from the plan's W^."""
+
+    _keep_dtype = ("w8", "w_scale")
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        w8, s = lowbit_kernels.fp8_rows_reference(layer.dequantized_weight(torch.float32))
+        self.register_buffer("w8", w8, persistent=False)
+        self.register_buffer("w_scale", s.T.contiguous(), persistent=False)  # [1, N]
+
+    def forward(self, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        q, s = (lowbit_kernels.fp8_rows if _triton_runs(x) else lowbit_kernels.fp8_rows_reference)(x2)
+        if x.is_cuda:  # row-wise scaled FP8 GEMM (it writes bf16 only)
+            y = torch._scaled_mm(q, self.w8.t(), scale_a=s, scale_b=self.w_scale, out_dtype=torch.bfloat16).to(x.dtype)
+        else:  # the same E4M3 operands multiplied in float32: CPU _scaled_mm is per-tensor only before torch 2.13
+            y = torch.nn.functional.linear(q.float() * s, self.w8.float() * self.w_scale.T).to(x.dtype)
+        if layer.bias is not None:
+            y += layer.bias.to(x.dtype)
+        return y.reshape(*x.shape[:-1], -1)
+
+
+class Int4Gemm(nn.Module):
+    """The weight codes packed two per byte; the layer's own codes are released (see use_backend)."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.register_buffer("packed", pack_int4(layer.qweight), persistent=False)
+
+    def forward(self, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        x = layer.act(x)
+        bias = None if layer.bias is None else layer.bias.to(x.dtype)
+        return lowbit_kernels.w4_linear(x, self.packed, layer.w_scale, layer.w_zero, bias)
+
+
+def _triton_runs(t: torch.Tensor) -> bool:
+    return lowbit_kernels.triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def _check_hardware(backend: str) -> None:
+    """Refuse, before any work, a backend this machine cannot run."""
+    if backend == "fp8":
+        if torch.cuda.is_available():
+            cc = torch.cuda.get_device_capability()
+            if cc < (8, 9):
+                raise UserError(f"quant.backend = 'fp8' needs an NVIDIA GPU of compute capability 8.9 or newer "
+                                f"(Ada, Hopper); this GPU ({torch.cuda.get_device_name()}) is {cc[0]}.{cc[1]}. "
+                                "Use 'int8' or 'fake'")
+        elif not hasattr(torch, "float8_e4m3fn") or not hasattr(torch, "_scaled_mm"):
+            raise UserError(f"quant.backend = 'fp8' needs FP8 support in torch (2.4+); torch {torch.__version__} "
+                            "has none. Use 'fake'")
+    if backend == "int4" and not (lowbit_kernels.triton is not None and
+                                  (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")):
+        raise UserError("quant.backend = 'int4' needs Triton and a CUDA GPU (its kernel dequantizes inside the "
+                        "GEMM); this machine has " + ("no CUDA GPU" if lowbit_kernels.triton is not None
+                                                       else "no Triton") + ". Use 'fake' (the same numbers)")
+
+
+def _check_layer(layer: nn.Module, name: str, backend: str) -> None:
+    spec = layer.act.spec
+    k, n = layer.in_features, layer.out_features
+    if backend == "fp8":
+        a = spec.bits if spec.active else FP_BITS
+        if layer.weight_bits != 8 or a != 8:
+            raise UserError(f"quant.backend = 'fp8' computes W8A8; layer {name!r} is W{layer.weight_bits}A{a} "
+                            "(use 'int4' for 4-bit weights, 'int8' or 'fake' otherwise)")
+        if k % 16 or n % 16:
+            raise UserError(f"quant.backend = 'fp8': layer {name!r} is {k} -> {n}; torch._scaled_mm needs both "
+                            "sizes to be multiples of 16")
+    if backend == "int4":
+        if layer.weight_bits > PACKED_BITS:
+            raise UserError(f"quant.backend = 'int4' needs weights of at most 4 bits; layer {name!r} has "
+                            f"W{layer.weight_bits} (use 'fp8', 'int8' or 'fake')")
+        per_tensor = layer.w_scale.shape[0] == 1 and n != 1
+        group = k if per_tensor else k // layer.w_scale.shape[1]
+        if lowbit_kernels.w4_block_k(k, group) is None:
+            raise UserError(f"quant.backend = 'int4': layer {name!r} has {k} input channels in groups of {group}; "
+                            "its kernel needs groups of a multiple of 16 channels and input sizes of a multiple of 32")
+
+
 def _block(layer, name: str) -> int:
     """The largest block in which activation and weight each share one scale, or a message."""
     k = layer.in_features
@@ -105,12 +203,25 @@ def _block(layer, name: str) -> int:
 
 
 def use_backend(model: nn.Module, backend: str) -> nn.Module:
-    """Switch every quantized linear of `model` to `backend`, in place."""
+    """Switch every quantized linear of `model` to `backend`, in place. Every layer is checked
+    before any is changed, so a refused backend leaves the model as it was."""
     from pipeline.quant.linear import QuantLinear
 
     if backend not in BACKENDS:
         raise UserError(f"quant.backend = {backend!r}; allowed: {', '.join(BACKENDS)}")
-    for name, m in model.named_modules():
-        if isinstance(m, QuantLinear) and m.weight_bits != FP_BITS:
-            m.int_gemm = IntGemm(m, _block(m, name)) if backend == "int8" else None
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLinear) and m.weight_bits != FP_BITS]
+    if backend != "fake":
+        _check_hardware(backend)
+    for name, m in layers:
+        if backend in ("fp8", "int4"):
+            _check_layer(m, name, backend)
+        elif backend == "int8":
+            _block(m, name)
+    for name, m in layers:
+        if isinstance(m.gemm, Int4Gemm):  # back from int4: the layer needs its own codes again
+            m.qweight = unpack_int4(m.gemm.packed, m.in_features).to(m.gemm.packed.device)
+        m.gemm = {"fake": lambda: None, "int8": lambda: IntGemm(m, _block(m, name)), "fp8": lambda: Fp8Gemm(m),
+                  "int4": lambda: Int4Gemm(m)}[backend]()
+        if backend == "int4":  # hold the weight packed only: half the bytes of one code per byte
+            m.qweight = None
     return model

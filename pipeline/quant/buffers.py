@@ -1,8 +1,9 @@
-"""Quantization parameters keep float32 when a model is cast to bf16/fp16.
+"""Quantization parameters keep their dtype when a model is cast to bf16/fp16.
 
 `model.to(torch.bfloat16)` (and Lightning's bf16-true precision) casts every floating buffer.
-A bf16 scale loses 3 of float16's mantissa bits and a bf16 timestep cannot hold 981, so these
-buffers follow the module's device but never its dtype.
+A bf16 scale loses 3 of float16's mantissa bits, a bf16 timestep cannot hold 981, and FP8
+weights would stop being FP8, so the buffers named in `_keep_dtype` follow the module's device
+but never its dtype.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import torch.nn as nn
 
 
-class Float32Buffers(nn.Module):
-    _float32_buffers: tuple[str, ...] = ()
+class KeepDtypeBuffers(nn.Module):
+    _keep_dtype: tuple[str, ...] = ()
 
     def _apply(self, fn, recurse=True):
-        kept = {k: self._buffers.pop(k) for k in self._float32_buffers if self._buffers.get(k) is not None}
+        kept = {k: self._buffers.pop(k) for k in self._keep_dtype if self._buffers.get(k) is not None}
         try:
             super()._apply(fn, recurse)
         finally:

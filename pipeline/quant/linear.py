@@ -14,13 +14,14 @@ import torch.nn.functional as F
 
 from pipeline.quant import kernels
 from pipeline.quant.activation import ActQuantizer, ActSpec, TimestepContext
-from pipeline.quant.buffers import Float32Buffers
+from pipeline.quant.buffers import KeepDtypeBuffers
 from pipeline.quant.granularity import Granularity, dequantize_weight, quantize_weight
+from pipeline.quant.packing import unpack_int4
 from pipeline.quant.quantizer import FP_BITS
 
 
-class QuantLinear(Float32Buffers):
-    _float32_buffers = ("w_scale", "w_zero")
+class QuantLinear(KeepDtypeBuffers):
+    _keep_dtype = ("w_scale", "w_zero")
 
     def __init__(self, in_features: int, out_features: int, bias: bool, weight_bits: int,
                  granularity: Granularity, act: ActQuantizer, dtype: torch.dtype = torch.float32,
@@ -43,7 +44,7 @@ class QuantLinear(Float32Buffers):
             self.register_buffer("bias", torch.zeros(out_features, dtype=dtype))
         else:
             self.bias = None
-        self.int_gemm = None  # backends.use_backend: integer GEMM instead of dequantize + float GEMM
+        self.gemm = None  # backends.use_backend: a real low-bit GEMM instead of dequantize + float GEMM
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, weight_bits: int, granularity: Granularity, act_spec: ActSpec,
@@ -66,16 +67,23 @@ class QuantLinear(Float32Buffers):
             q.bias.copy_(linear.bias.detach())
         return q
 
+    def codes(self) -> torch.Tensor:
+        """The uint8 weight codes [out, in], also while the int4 backend holds them packed only."""
+        if self.qweight is None:
+            return unpack_int4(self.gemm.packed, self.in_features)
+        return self.qweight
+
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         if self.weight_bits == FP_BITS:
             return self.weight.to(dtype or self.weight.dtype)
-        if kernels.available(self.qweight):
-            return kernels.dequantize_weight(self.qweight, self.w_scale, self.w_zero, dtype or torch.float32)
-        return dequantize_weight(self.qweight, self.w_scale, self.w_zero).to(dtype or torch.float32)
+        codes = self.codes()
+        if kernels.available(codes):
+            return kernels.dequantize_weight(codes, self.w_scale, self.w_zero, dtype or torch.float32)
+        return dequantize_weight(codes, self.w_scale, self.w_zero).to(dtype or torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.int_gemm is not None:
-            return self.int_gemm(x, self.act, self.bias)
+        if self.gemm is not None:
+            return self.gemm(x, self)
         x = self.act(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)

@@ -324,11 +324,17 @@ def test_int8_backend_samples_the_fake_quant_images(pipeline_copy, built_pipelin
     runs = client.search_runs([client.get_experiment_by_name("qdit").experiment_id])
     assert [r.data.params["quant.backend"] for r in runs if r.data.tags["qdit.stage"] == "sample"] == ["int8"]
 
-    write_params(pipeline_copy, {"quant": {"backend": "fp8"}})
-    with pytest.raises(SystemExit) as exit_:
-        run_stage("sample")
-    assert exit_.value.code == 2
-    assert "quant.backend = 'fp8' is not allowed; allowed: fake, int8" in capsys.readouterr().err
+    written = (pipeline_copy / "data/samples/images.npz").read_bytes()
+    for backend, message in [
+            ("fp4", "quant.backend = 'fp4' is not allowed; allowed: fake, int8, fp8, int4"),
+            # the default plan is W4A8: fp8 computes W8A8 only
+            ("fp8", "quant.backend = 'fp8' computes W8A8; layer 'transformer_blocks.0.attn1.to_q' is W4A8")]:
+        write_params(pipeline_copy, {"quant": {"backend": backend}})
+        with pytest.raises(SystemExit) as exit_:
+            run_stage("sample")
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+        assert (pipeline_copy / "data/samples/images.npz").read_bytes() == written  # nothing written
 
 
 @pytest.mark.parametrize("artifact, stage, output, extra, fragment", [
