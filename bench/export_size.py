@@ -5,7 +5,8 @@
 A DiT-XL/2 256 config transformer (random weights: sizes do not depend on values), quantized
 by round-to-nearest with Q-DiT's uniform plan (the default include list: attention q/k/v/out and
 both feed-forward linears of every block, 168 layers) and saved as the `quantize` stage saves
-it (--all: every Linear of the transformer, adaLN modulation and embedders included). "quantized layers" counts only those layers' tensors (codes, scales, zero points, biases)
+it (--all: every Linear of the transformer, adaLN modulation and embedders included).
+"quantized layers" counts only those layers' tensors (codes, scales, zero points, biases)
 against the same layers in FP16; "transformer" adds every other parameter at FP16 (embedders,
 adaLN modulation, final layer), which the checkpoint of the `model` stage holds.
 """

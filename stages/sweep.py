@@ -20,7 +20,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from pipeline.ablation import settings
-from pipeline.config import load_params
 from pipeline.errors import UserError
 from pipeline.io import write_json
 from pipeline.tracking import absolute_uri, tracking_uri
