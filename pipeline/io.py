@@ -7,6 +7,7 @@ at the end, so a killed stage never leaves a half output that DVC would cache.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -21,11 +22,34 @@ import numpy as np
 from pipeline.errors import UserError, first_line
 
 
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def raise_if_no_space(e: OSError, target: Path) -> None:
+    """A full disk (or quota, or file-size limit) while writing `target`: one clear message."""
+    if e.errno in _NO_SPACE:
+        raise UserError(f"could not write {target}: {e.strerror} (is the disk full?); nothing was written, "
+                        "free some space and rerun") from e
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Delete what a killed writer of `target` left: its hidden temporary and replaced copies.
+    One process writes an output at a time (DVC locks the workspace; under DDP only rank 0
+    writes), so any such sibling is dead. DVC never caches them, but they pile up."""
+    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
+        for stale in target.parent.glob(pattern):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces `target` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
@@ -36,6 +60,9 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+    except OSError as e:
+        raise_if_no_space(e, target)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -46,6 +73,7 @@ def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file that replaces `target` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     try:
         with os.fdopen(fd, mode) as f:
@@ -53,6 +81,9 @@ def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as e:
+        raise_if_no_space(e, target)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -184,12 +215,18 @@ def read_calibration(calib_dir: str | Path) -> tuple[dict[str, np.ndarray], dict
 
 # --- quantized model ------------------------------------------------------------------------
 
+def write_safetensors(path: Path, tensors: dict) -> None:
+    """safetensors through memory, so a full disk is the OSError it is (the library reports a
+    SafetensorError that atomic_dir could not tell from corruption)."""
+    from safetensors.torch import save
+
+    path.write_bytes(save({k: v.contiguous() for k, v in tensors.items()}))
+
+
 def write_quantized(out_dir: Path, plan, state: dict) -> None:
     """plan.yaml (human-readable) + quantized.safetensors (codes, scales, zero points)."""
-    from safetensors.torch import save_file
-
     (out_dir / "plan.yaml").write_text(plan.to_yaml())
-    save_file(state, str(out_dir / "quantized.safetensors"))
+    write_safetensors(out_dir / "quantized.safetensors", state)
 
 
 def read_stats(stats_dir: str | Path) -> dict:

@@ -7,6 +7,7 @@ execution and sorts runs of different bit settings by FID.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -33,6 +34,12 @@ def _git_commit() -> str:
                               timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _code_sha256() -> str:
+    from pipeline.provenance import code_sha256
+
+    return code_sha256()  # what the artifacts record too (pipeline/provenance.py)
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -98,12 +105,41 @@ def log_stage(cfg: DictConfig, stage: str, params: dict[str, Any], metrics: dict
         raise UserError("tracking.enabled is true but mlflow is not installed; install it or set "
                         "tracking.enabled: false") from None
     uri = tracking_uri(cfg)
+    with _db_lock(uri):
+        return _log(mlflow, cfg, uri, stage, params, metrics, artifacts, series)
+
+
+@contextlib.contextmanager
+def _db_lock(uri: str):
+    """One writer at a time on an sqlite store: two stages starting together on a new db would
+    both run MLflow's schema migrations and one would fail (found by the concurrency test)."""
+    if not uri.startswith(_SQLITE):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    lock = Path(uri[len(_SQLITE):]).with_name(Path(uri[len(_SQLITE):]).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _log(mlflow, cfg: DictConfig, uri: str, stage: str, params: dict[str, Any], metrics: dict[str, Any],
+         artifacts, series) -> str:
     mlflow.set_tracking_uri(uri)
     tags = {
         "qdit.stage": stage,
         "qdit.run_group": run_group(cfg),
         "qdit.params_hash": params_hash(cfg),
         "qdit.git_commit": _git_commit(),
+        "qdit.code_sha256": _code_sha256(),
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["qdit.dvc_exp"] = os.environ["DVC_EXP_NAME"]

@@ -17,7 +17,7 @@ from pipeline.lit.sampling import CalibrationModule, stratified_steps
 from pipeline.models.loader import load_fp_model
 from pipeline.sampling import make_scheduler
 from pipeline.tracking import log_stage
-from stages.common import CALIB, DATA, MODEL, main
+from stages.common import CALIB, DATA, MODEL, main, provenance
 
 
 def run(cfg, args) -> None:
@@ -48,6 +48,7 @@ def run(cfg, args) -> None:
             "records_per_step": np.bincount(records["step"], minlength=c.steps).tolist(),
             "labels_histogram": np.bincount(records["y"], minlength=fp.num_classes).tolist(),
             "shards": shards,
+            "provenance": provenance(cfg, "calibrate"),
         })
     log_stage(cfg, "calibrate", flat(cfg, ["calibrate", "trainer"]),
               {"seconds": seconds, "records": len(records["x"]),

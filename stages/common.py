@@ -27,6 +27,42 @@ SAMPLES_FP = DATA / "samples_fp"
 METRICS = Path("metrics.json")
 PLOTS = Path("plots")
 
+_QUANT = ["quant.method", "quant.weight", "quant.act", "quant.attn_bits", "quant.include", "quant.exclude",
+          "quant.plan", "quant.gptq"]
+# each stage's parameters, as dvc.yaml lists them (tests/stages/test_provenance.py compares), and its seeds
+STAGE_PARAMS = {
+    "model": ["model"], "calibrate": ["calibrate"], "stats": ["stats"],
+    "search": ["search", *_QUANT, "evaluate"], "quantize": _QUANT,
+    "sample_fp": ["sample"], "sample": ["sample", "quant.backend"], "evaluate": ["evaluate"],
+}
+STAGE_SEEDS = {"model": ["model.seed"], "calibrate": ["calibrate.seed"], "search": ["search.seed", "search.image_seed"],
+               "sample_fp": ["sample.seed"], "sample": ["sample.seed"]}
+
+
+def provenance(cfg, stage: str) -> dict:
+    """The provenance record of what `stage` writes now (pipeline/provenance.py)."""
+    from omegaconf import OmegaConf
+
+    from pipeline.provenance import model_fingerprint, record
+
+    seeds = {k: OmegaConf.select(cfg, k) for k in STAGE_SEEDS.get(stage, [])}
+    return record(cfg, stage, STAGE_PARAMS[stage], seeds, model_fingerprint(MODEL))
+
+
+def check_inputs(*paths: Path) -> None:
+    """Refuse an input JSON whose provenance names another model than data/model's."""
+    import json
+
+    from pipeline.provenance import require_same_model
+
+    contents = {}
+    for path in paths:
+        try:
+            contents[str(path)] = json.loads(Path(path).read_text()) if Path(path).is_file() else None
+        except json.JSONDecodeError:
+            contents[str(path)] = None  # its reader names the corruption
+    require_same_model(contents, MODEL)
+
 
 def read_calibration_for(fp) -> tuple[dict, dict]:
     """The calibration records, checked to fit the FP model they will run through."""

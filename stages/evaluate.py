@@ -26,11 +26,12 @@ from pipeline.metrics.fidelity import psnr, ssim
 from pipeline.metrics.reference import load_reference
 from pipeline.metrics.suite import RealFeatures, distribution_metrics, fidelity_fid
 from pipeline.tracking import log_stage
-from stages.common import DATA, METRICS, MODEL, QUANT, SAMPLES, SAMPLES_FP, main
+from stages.common import DATA, METRICS, MODEL, QUANT, SAMPLES, SAMPLES_FP, check_inputs, main, provenance
 
 
 def run(cfg, args) -> None:
     e = cfg.evaluate
+    check_inputs(SAMPLES / "info.json", SAMPLES_FP / "info.json", QUANT / "quant.json")
     info = read_json(MODEL / "model.json", "FP model description")
     samples = read_images(SAMPLES / "images.npz")
     fp = read_images(SAMPLES_FP / "images.npz")
@@ -63,7 +64,8 @@ def run(cfg, args) -> None:
     if missing:
         print(f"[evaluate] {', '.join(missing)}: null, the reference {e.reference!r} holds statistics "
               "but no images (KID and precision/recall compare image features)")
-    write_json(METRICS, metrics | {"features": kind, "reference": e.reference, "quant": quant["method"]})
+    write_json(METRICS, metrics | {"features": kind, "reference": e.reference, "quant": quant["method"],
+                                   "provenance": provenance(cfg, "evaluate")})
     print("[evaluate] " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if v is not None))
     log_stage(cfg, "evaluate", flat(cfg, ["evaluate", "sample", "quant", "search", "calibrate"]),
               metrics | {"seconds": time.time() - start}, [METRICS, SAMPLES / "grid.png"])

@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 from pipeline.config import flat
-from pipeline.io import atomic_dir
+from pipeline.io import atomic_dir, write_json
 from pipeline.models import classifier as clf
 from pipeline.models import tiny
 from pipeline.models.loader import fetch_dit, model_summary, save_fp_model
+from pipeline.provenance import MODEL_FILE, tree_sha256
 from pipeline.tracking import log_stage
-from stages.common import MODEL, main
+from stages.common import MODEL, main, provenance
 
 
 def run(cfg, args) -> None:
@@ -56,6 +57,8 @@ def run(cfg, args) -> None:
         save_fp_model(tmp, transformer, vae, sched_cfg, info)
         if m.source == "tiny":
             clf.save_classifier(classifier, tmp / "classifier", metrics["classifier_heldout_accuracy"])
+        # the fingerprint every later artifact records, to refuse one made from another model
+        write_json(tmp / MODEL_FILE, provenance(cfg, "model") | {"model": tree_sha256(tmp)})
     metrics["seconds"] = time.time() - start
     metrics["parameters"] = info["parameters"]
     log_stage(cfg, "model", flat(cfg, ["model"]), metrics, [MODEL / "model.json"], series)

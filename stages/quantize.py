@@ -22,7 +22,7 @@ from pipeline.quant.apply import (act_ranges, gptq_model, linear_in_features, mo
 from pipeline.quant.plan import QuantPlan
 from pipeline.quant.quantizer import FP_BITS, sqnr_db
 from pipeline.tracking import log_stage
-from stages.common import MODEL, QUANT, SEARCH, STATS, calibration_batches, main
+from stages.common import MODEL, QUANT, SEARCH, STATS, calibration_batches, check_inputs, main, provenance
 
 
 def read_plan(path, in_features: dict[str, int]) -> QuantPlan:
@@ -37,6 +37,7 @@ def read_plan(path, in_features: dict[str, int]) -> QuantPlan:
 
 
 def run(cfg, args) -> None:
+    check_inputs(SEARCH / "search.json", STATS / "index.json")
     fp = load_fp_model(MODEL)
     model = fp.transformer
     in_features = linear_in_features(model)
@@ -71,6 +72,7 @@ def run(cfg, args) -> None:
         "calib_rel_err": rel_err,
         "weight_sqnr_db_mean": float(np.mean(sqnr)) if sqnr else None,
         "weight_sqnr_db_min": float(np.min(sqnr)) if sqnr else None,
+        "provenance": provenance(cfg, "quantize"),
     }
     with atomic_dir(QUANT) as tmp:
         write_quantized(tmp, plan, quant_state(model, plan))

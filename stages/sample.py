@@ -18,7 +18,7 @@ from pipeline.quant.apply import load_quantized
 from pipeline.quant.backends import use_backend
 from pipeline.quant.plan import describe
 from pipeline.tracking import log_stage
-from stages.common import DATA, MODEL, QUANT, SAMPLES, SAMPLES_FP, main
+from stages.common import DATA, MODEL, QUANT, SAMPLES, SAMPLES_FP, check_inputs, main, provenance
 
 
 def add_args(parser) -> None:
@@ -31,6 +31,7 @@ def run(cfg, args) -> None:
     fp = load_fp_model(MODEL)
     described = "fp"
     if not args.fp:
+        check_inputs(QUANT / "quant.json")
         plan, state = read_quantized(QUANT)
         load_quantized(fp.transformer, plan, state, str(QUANT))
         use_backend(fp.transformer, cfg.quant.backend)
@@ -52,6 +53,7 @@ def run(cfg, args) -> None:
             "num_images": int(len(images)), "image_shape": list(images.shape[1:]),
             "scheduler": s.scheduler, "steps": int(s.steps), "guidance_scale": float(s.guidance_scale),
             "seed": int(s.seed), "labels": "index mod num_classes",
+            "provenance": provenance(cfg, "sample_fp" if args.fp else "sample"),
         } | ({} if args.fp else {"backend": cfg.quant.backend}))
     name = "sample_fp" if args.fp else "sample"
     log_stage(cfg, name, flat(cfg, ["sample", "trainer"] + ([] if args.fp else ["quant"])),

@@ -30,7 +30,7 @@ from pipeline.quant.plan import plan_from_params
 from pipeline.search.evolution import Evolution, Settings, settings_dict
 from pipeline.search.space import SearchSpace
 from pipeline.tracking import log_stage
-from stages.common import CALIB, DATA, MODEL, PLOTS, SEARCH, STATS, calibration_batches, main
+from stages.common import CALIB, DATA, MODEL, PLOTS, SEARCH, STATS, calibration_batches, check_inputs, main, provenance
 
 CHECKPOINT = SEARCH / "checkpoint.json"
 FITNESS_CSV = PLOTS / "search_fitness.csv"
@@ -118,6 +118,7 @@ def _image_shape(fp) -> tuple[int, ...]:
 def run(cfg, args) -> None:
     sc = cfg.search
     start = time.time()
+    check_inputs(CALIB / "manifest.json", STATS / "index.json")
     fp = load_fp_model(MODEL)
     model = fp.transformer
     base = base_plan(cfg, linear_in_features(model))
@@ -182,6 +183,7 @@ def run(cfg, args) -> None:
         "uniform": {"size_mb": base_cost.size_mb, "gbitops": base_cost.gbitops,
                     "group_size": sorted({g for g in space.base_genome})},
         "cheapest": cheapest, "group_sizes": chosen,  # no wall time: the same inputs give the same bytes
+        "provenance": provenance(cfg, "search"),
     }
     if evo is not None:
         summary |= {"fitness_best": evo.best()["fitness"], "fitness_uniform": base_fitness,

@@ -12,21 +12,21 @@ import time
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from pipeline import plots
 from pipeline.config import flat
-from pipeline.io import atomic_dir, atomic_file, write_json
+from pipeline.io import atomic_dir, atomic_file, write_json, write_safetensors
 from pipeline.lit.runner import IndexDataset, run_predict
 from pipeline.lit.stats import StatsModule
 from pipeline.models.loader import load_fp_model
 from pipeline.quant.targets import default_targets
 from pipeline.tracking import log_stage
-from stages.common import DATA, MODEL, PLOTS, STATS, main, read_calibration_for
+from stages.common import CALIB, DATA, MODEL, PLOTS, STATS, check_inputs, main, provenance, read_calibration_for
 
 def run(cfg, args) -> None:
     s = cfg.stats
     fp = load_fp_model(MODEL)
+    check_inputs(CALIB / "manifest.json")
     records, manifest = read_calibration_for(fp)
     timesteps = np.asarray(manifest["timesteps"])
     recs = {k: torch.from_numpy(v) for k, v in records.items()}
@@ -52,7 +52,7 @@ def run(cfg, args) -> None:
     shown = {n.replace("attn1.to_q", "attn1.to_q/k/v"): tensor_range[n] for n in quantized
              if not n.endswith(("attn1.to_k", "attn1.to_v"))}
     with atomic_dir(STATS) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "stats.safetensors"))
+        write_safetensors(tmp / "stats.safetensors", state)
         plots.activation_ranges(shown, ts,
                                 tmp / "activation_ranges.png",
                                 "Input range of the quantized linears across timesteps")
@@ -69,6 +69,7 @@ def run(cfg, args) -> None:
                        "'<layer>/{min,max,absmax}_all' [channel], 'count', 'timesteps'",
             "widest_layer": widest,
             "widest_layer_top_channels": top,
+            "provenance": provenance(cfg, "stats"),
         })
     PLOTS.mkdir(exist_ok=True)
     with atomic_file(PLOTS / "act_range.csv") as f:

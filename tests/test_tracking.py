@@ -1,3 +1,5 @@
+import os
+
 from omegaconf import OmegaConf
 
 from pipeline.tracking import absolute_uri, tracking_uri
@@ -18,3 +20,35 @@ def test_absolute_uri(monkeypatch, tmp_path):
     assert absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert absolute_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
     assert absolute_uri("http://server:5000") == "http://server:5000"
+
+
+def test_two_processes_logging_to_one_db_lose_and_mix_nothing(tmp_path):
+    """Two stages of different experiments log into the project's mlflow.db at the same time
+    (as `dvc queue start -j 2` makes them): every run arrives with its own params and metrics."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from tests.helpers import REPO, write_params
+
+    write_params(tmp_path)
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = (
+        "import sys; from pipeline.config import load_params; from pipeline.tracking import log_stage\n"
+        "cfg = load_params('params.yaml'); p = int(sys.argv[1])\n"
+        "for k in range(6):\n"
+        "    log_stage(cfg, f'p{p}-{k}', {'proc': p, 'k': k}, {'value': 100 * p + k})\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "QDIT_TRACKING_URI": db, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(p)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in (1, 2)]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-2000:]
+    client = mlflow.MlflowClient(tracking_uri=db)
+    runs = client.search_runs([client.get_experiment_by_name("qdit").experiment_id], max_results=100)
+    assert len(runs) == 12
+    for r in runs:
+        p, k = int(r.data.params["proc"]), int(r.data.params["k"])
+        assert r.info.run_name == f"p{p}-{k}" and r.data.metrics["value"] == 100 * p + k
+        assert r.info.status == "FINISHED"

@@ -8,6 +8,7 @@ collective that all ranks call at the end of the epoch; rank 0 saves what it ret
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.errors import UserError
+from pipeline.io import raise_if_no_space
 
 
 class IndexDataset(Dataset):
@@ -69,16 +71,27 @@ class _PartWriter(Callback):
     def on_predict_epoch_end(self, trainer, pl_module):
         if self.report:
             self._report(trainer, pl_module)
+        state_fn = getattr(pl_module, "reduced_state", None)
+        state = state_fn() if state_fn is not None else None  # collective: every rank, before anything can fail
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         if self.buffer:
             merged = {k: torch.cat([b[k] for b in self.buffer]) for k in self.buffer[0]}
-            torch.save(merged, self.parts_dir / f"rank{trainer.global_rank}.pt")
-        state_fn = getattr(pl_module, "reduced_state", None)
-        if state_fn is not None:
-            state = state_fn()  # collective: every rank must call it
-            if trainer.is_global_zero:
-                torch.save(state, self.parts_dir / "state.pt")
+            _save(merged, self.parts_dir / f"rank{trainer.global_rank}.pt")
+        if state is not None and trainer.is_global_zero:
+            _save(state, self.parts_dir / "state.pt")
         self.buffer = []
+
+
+def _save(obj, path: Path) -> None:
+    """torch.save through memory, so a full disk surfaces as the OSError it is (torch's zip
+    writer reports it as an opaque RuntimeError)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    try:
+        path.write_bytes(buf.getbuffer())
+    except OSError as e:
+        raise_if_no_space(e, path.parent)
+        raise
 
 
 def _quiet_lightning() -> None:

@@ -275,7 +275,7 @@ def test_model_stage_is_byte_identical_across_processes_and_hash_seeds(tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         files = sorted(p for p in (proj / "data/model").rglob("*") if p.is_file())
         digests.append({str(p.relative_to(proj)): p.read_bytes() for p in files})
-    assert digests[0].keys() == digests[1].keys() and len(digests[0]) == 6
+    assert digests[0].keys() == digests[1].keys() and len(digests[0]) == 7  # provenance.json too
     assert digests[0] == digests[1]
 
 
