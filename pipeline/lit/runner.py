@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from pipeline.errors import UserError
 from pipeline.io import raise_if_no_space
@@ -53,7 +53,7 @@ class _PartWriter(Callback):
         self.items, self.start = 0, time.perf_counter()
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self.items += len(batch)
+        self.items += len(torch.unique(batch)) if torch.is_tensor(batch) else len(batch)  # not the padding
         if outputs:
             self.buffer.append({k: v.detach().cpu() for k, v in outputs.items()})
 
@@ -131,7 +131,7 @@ def run_predict(module: L.LightningModule, dataset: Dataset, batch_size: int, tr
         shutil.rmtree(parts_dir)  # leftovers of an interrupted run
     writer = _PartWriter(parts_dir, report=progress)
     trainer = make_trainer(trainer_cfg, [writer], progress)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_full_batch(batch_size))
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
@@ -141,6 +141,16 @@ def run_predict(module: L.LightningModule, dataset: Dataset, batch_size: int, tr
     state = torch.load(state_path, weights_only=False) if state_path.exists() else None
     shutil.rmtree(parts_dir, ignore_errors=True)
     return preds, state, True
+
+
+def _full_batch(batch_size: int):
+    """Collate that pads a short batch to batch_size by repeating its last item. Every forward
+    then has the same shape on any number of devices, and float kernels, whose rounding can
+    depend on the batch size, give the same bits: 1 and N devices write identical artifacts.
+    The repeats carry a repeated index, which _merge drops."""
+    def collate(items):
+        return default_collate(list(items) + [items[-1]] * (batch_size - len(items)))
+    return collate
 
 
 def broadcast_from_main(value: Any) -> Any:
