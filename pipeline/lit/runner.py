@@ -131,7 +131,11 @@ def run_predict(module: L.LightningModule, dataset: Dataset, batch_size: int, tr
         shutil.rmtree(parts_dir)  # leftovers of an interrupted run
     writer = _PartWriter(parts_dir, report=progress)
     trainer = make_trainer(trainer_cfg, [writer], progress)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_full_batch(batch_size))
+    # pad to no more than a rank's share: padding a few images up to a large batch would waste
+    # the compute that more devices are meant to save
+    share = -(-len(dataset) // trainer.world_size)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        collate_fn=_full_batch(min(batch_size, share)))
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
@@ -144,10 +148,10 @@ def run_predict(module: L.LightningModule, dataset: Dataset, batch_size: int, tr
 
 
 def _full_batch(batch_size: int):
-    """Collate that pads a short batch to batch_size by repeating its last item. Every forward
-    then has the same shape on any number of devices, and float kernels, whose rounding can
-    depend on the batch size, give the same bits: 1 and N devices write identical artifacts.
-    The repeats carry a repeated index, which _merge drops."""
+    """Collate that pads a short batch to batch_size by repeating its last item. When every
+    rank's share holds a whole batch, every forward then has the same shape on any number of
+    devices, and float kernels, whose rounding can depend on the batch size, give the same
+    bits. The repeats carry a repeated index, which _merge drops."""
     def collate(items):
         return default_collate(list(items) + [items[-1]] * (batch_size - len(items)))
     return collate
