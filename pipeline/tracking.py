@@ -126,9 +126,27 @@ def _db_lock(uri: str):
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
+            _create_db(uri)
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _create_db(uri: str) -> None:
+    """Create a new sqlite store under a temporary name and rename it into place. MLflow
+    builds the schema in many migrations: a stage killed among them left a db that no later
+    stage could open ('table ... already exists'; found by the SIGKILL tests)."""
+    path = Path(uri[len(_SQLITE):])
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # a killed creation; we hold the lock
+        stale.unlink(missing_ok=True)
+    if path.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    store = SqlAlchemyStore(_SQLITE + str(tmp), _artifact_root(uri))  # creates and migrates the schema
+    store.engine.dispose()
+    os.replace(tmp, path)
 
 
 def _log(mlflow, cfg: DictConfig, uri: str, stage: str, params: dict[str, Any], metrics: dict[str, Any],

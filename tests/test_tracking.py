@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 from omegaconf import OmegaConf
 
 from pipeline.tracking import absolute_uri, tracking_uri
@@ -52,3 +54,38 @@ def test_two_processes_logging_to_one_db_lose_and_mix_nothing(tmp_path):
         p, k = int(r.data.params["proc"]), int(r.data.params["k"])
         assert r.info.run_name == f"p{p}-{k}" and r.data.metrics["value"] == 100 * p + k
         assert r.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("delay", [1.5, 2.5, 3.5, 4.5])
+def test_killed_while_creating_the_db_the_next_stage_still_logs(tmp_path, delay):
+    """A stage SIGKILLed during its first MLflow log (the db's schema is many migrations) must
+    not leave a db that no later stage can open."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+
+    from pipeline.config import load_params
+    from pipeline.tracking import log_stage
+    from tests.helpers import REPO, write_params
+
+    write_params(tmp_path)
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = ("from pipeline.config import load_params; from pipeline.tracking import log_stage\n"
+              "log_stage(load_params('params.yaml'), 'killed', {'a': 1}, {'v': 1.0})\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "QDIT_TRACKING_URI": db, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    os.environ["QDIT_TRACKING_URI"] = db
+    try:
+        log_stage(load_params(str(tmp_path / "params.yaml")), "next", {"a": 2}, {"v": 2.0})
+    finally:
+        del os.environ["QDIT_TRACKING_URI"]
+    client = mlflow.MlflowClient(tracking_uri=db)
+    runs = client.search_runs([client.get_experiment_by_name("qdit").experiment_id])
+    assert "next" in [r.info.run_name for r in runs]
+    assert not list(tmp_path.glob(".mlflow.db.tmp-*"))
