@@ -55,8 +55,10 @@ def tree_sha256(directory: Path) -> str:
 
 
 def params_sha256(cfg, keys: list[str]) -> str:
-    values = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
-              if OmegaConf.is_config(OmegaConf.select(cfg, k)) else OmegaConf.select(cfg, k) for k in keys}
+    values = {}
+    for k in keys:
+        v = OmegaConf.select(cfg, k)
+        values[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

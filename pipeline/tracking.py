@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import UserError
+from pipeline.provenance import code_sha256
 
 
 def params_hash(cfg: DictConfig) -> str:
@@ -34,12 +35,6 @@ def _git_commit() -> str:
                               timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def _code_sha256() -> str:
-    from pipeline.provenance import code_sha256
-
-    return code_sha256()  # what the artifacts record too (pipeline/provenance.py)
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -121,22 +116,21 @@ def _db_lock(uri: str):
     except ImportError:  # pragma: no cover - Windows: no lock
         yield
         return
-    lock = Path(uri[len(_SQLITE):]).with_name(Path(uri[len(_SQLITE):]).name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
+    db = Path(uri[len(_SQLITE):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            _create_db(uri)
+            _create_db(db, uri)
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _create_db(uri: str) -> None:
-    """Create a new sqlite store under a temporary name and rename it into place. MLflow
-    builds the schema in many migrations: a stage killed among them left a db that no later
-    stage could open ('table ... already exists'; found by the SIGKILL tests)."""
-    path = Path(uri[len(_SQLITE):])
+def _create_db(path: Path, uri: str) -> None:
+    """Create a new sqlite store (at `path`, of `uri`) under a temporary name and rename it into
+    place. MLflow builds the schema in many migrations: a stage killed among them left a db
+    that no later stage could open ('table ... already exists'; found by the SIGKILL tests)."""
     for stale in path.parent.glob(f".{path.name}.tmp-*"):  # a killed creation; we hold the lock
         stale.unlink(missing_ok=True)
     if path.exists():
@@ -157,7 +151,7 @@ def _log(mlflow, cfg: DictConfig, uri: str, stage: str, params: dict[str, Any], 
         "qdit.run_group": run_group(cfg),
         "qdit.params_hash": params_hash(cfg),
         "qdit.git_commit": _git_commit(),
-        "qdit.code_sha256": _code_sha256(),
+        "qdit.code_sha256": code_sha256(),  # what the artifacts record too
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["qdit.dvc_exp"] = os.environ["DVC_EXP_NAME"]

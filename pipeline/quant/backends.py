@@ -157,8 +157,9 @@ def _check_hardware(backend: str) -> None:
         elif not hasattr(torch, "float8_e4m3fn") or not hasattr(torch, "_scaled_mm"):
             raise UserError(f"quant.backend = 'fp8' needs FP8 support in torch (2.4+); torch {torch.__version__} "
                             "has none. Use 'fake'")
-    if backend == "int4" and not (lowbit_kernels.triton is not None and
-                                  (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")):
+    # Triton's interpreter (TRITON_INTERPRET=1) runs the kernel on a CPU: how it is tested there
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    if backend == "int4" and not (lowbit_kernels.triton is not None and (torch.cuda.is_available() or interpreting)):
         raise UserError("quant.backend = 'int4' needs Triton and a CUDA GPU (its kernel dequantizes inside the "
                         "GEMM); this machine has " + ("no CUDA GPU" if lowbit_kernels.triton is not None
                                                        else "no Triton") + ". Use 'fake' (the same numbers)")
@@ -179,8 +180,7 @@ def _check_layer(layer: nn.Module, name: str, backend: str) -> None:
         if layer.weight_bits > PACKED_BITS:
             raise UserError(f"quant.backend = 'int4' needs weights of at most 4 bits; layer {name!r} has "
                             f"W{layer.weight_bits} (use 'fp8', 'int8' or 'fake')")
-        per_tensor = layer.w_scale.shape[0] == 1 and n != 1
-        group = k if per_tensor else k // layer.w_scale.shape[1]
+        group = k // layer.w_scale.shape[1]  # per tensor, channel or group alike
         if lowbit_kernels.w4_block_k(k, group) is None:
             raise UserError(f"quant.backend = 'int4': layer {name!r} has {k} input channels in groups of {group}; "
                             "its kernel needs groups of a multiple of 16 channels and input sizes of a multiple of 32")
@@ -220,8 +220,13 @@ def use_backend(model: nn.Module, backend: str) -> nn.Module:
     for name, m in layers:
         if isinstance(m.gemm, Int4Gemm):  # back from int4: the layer needs its own codes again
             m.qweight = unpack_int4(m.gemm.packed, m.in_features).to(m.gemm.packed.device)
-        m.gemm = {"fake": lambda: None, "int8": lambda: IntGemm(m, _block(m, name)), "fp8": lambda: Fp8Gemm(m),
-                  "int4": lambda: Int4Gemm(m)}[backend]()
-        if backend == "int4":  # hold the weight packed only: half the bytes of one code per byte
-            m.qweight = None
+        if backend == "fake":
+            m.gemm = None
+        elif backend == "int8":
+            m.gemm = IntGemm(m, _block(m, name))
+        elif backend == "fp8":
+            m.gemm = Fp8Gemm(m)
+        else:
+            m.gemm = Int4Gemm(m)
+            m.qweight = None  # hold the weight packed only: half the bytes of one code per byte
     return model

@@ -137,9 +137,8 @@ def w4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: 
     n = packed.shape[0]
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
-    per_tensor = scale.shape[0] == 1 and n != 1
-    gsize = k if per_tensor else k // scale.shape[1]
-    s_row = 0 if per_tensor else scale.shape[1]
+    gsize = k // scale.shape[1]  # per tensor ([1, 1]), channel ([N, 1]) or group ([N, K / g])
+    s_row = 0 if scale.shape[0] == 1 else scale.shape[1]  # one row of scales for every output
     bk = w4_block_k(k, gsize)
     if bk is None:
         raise ValueError(f"w4_linear needs K ({k}) and the group size ({gsize}) to be multiples of 16, "
