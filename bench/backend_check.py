@@ -45,23 +45,36 @@ def main() -> None:
     fp_feats = extract(extractor, fp, 500)
     rows, first = [], None
     for backend in args.backends:
-        dit = load_quantized_dit(quant_dir=args.quant, device=args.device, dtype=getattr(torch, args.dtype),
-                                 backend=backend)
+        dit = load_quantized_dit(
+            quant_dir=args.quant, device=args.device, dtype=getattr(torch, args.dtype), backend=backend
+        )
         labels = np.arange(len(fp)) % dit.model.num_classes
         start = time.perf_counter()
-        images = dit.generate(labels, steps=s["steps"], guidance_scale=s["guidance_scale"], seed=s["seed"],
-                              batch_size=s["batch_size"])
+        images = dit.generate(
+            labels, steps=s["steps"], guidance_scale=s["guidance_scale"], seed=s["seed"], batch_size=s["batch_size"]
+        )
         seconds = time.perf_counter() - start
         first = images if first is None else first
         diff = np.abs(images.astype(int) - first.astype(int))
         feats = extract(extractor, images, 500)
-        rows.append({"backend": backend, "quant": args.quant, "seconds": round(seconds, 2), "images": len(images),
-                     f"identical_images_to_{args.backends[0]}": int((diff.reshape(len(diff), -1).max(1) == 0).sum()),
-                     "max_abs_diff": int(diff.max()), f"psnr_vs_{args.backends[0]}": psnr(images, first),
-                     "psnr_vs_fp": psnr(images, fp), "fid": frechet_distance(feats, real_feats),
-                     "fid_fp": frechet_distance(feats, fp_feats),
-                     "device": args.device if args.device != "cpu" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
-                     "dtype": args.dtype})
+        rows.append(
+            {
+                "backend": backend,
+                "quant": args.quant,
+                "seconds": round(seconds, 2),
+                "images": len(images),
+                f"identical_images_to_{args.backends[0]}": int((diff.reshape(len(diff), -1).max(1) == 0).sum()),
+                "max_abs_diff": int(diff.max()),
+                f"psnr_vs_{args.backends[0]}": psnr(images, first),
+                "psnr_vs_fp": psnr(images, fp),
+                "fid": frechet_distance(feats, real_feats),
+                "fid_fp": frechet_distance(feats, fp_feats),
+                "device": args.device
+                if args.device != "cpu"
+                else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
+                "dtype": args.dtype,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))

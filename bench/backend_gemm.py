@@ -19,16 +19,20 @@ import json
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from gpu_throughput import cuda_ms
+
 from pipeline.quant.activation import ActSpec
 from pipeline.quant.backends import use_backend
 from pipeline.quant.granularity import Granularity
 from pipeline.quant.linear import QuantLinear
 from pipeline.quant.lowbit_kernels import fp8_rows_reference
 
-SHAPES = {"attn q/k/v/out": (1152, 1152, 256), "ff fc1": (1152, 4608, 256), "ff fc2": (4608, 1152, 256),
-          "adaLN": (1152, 6912, 1)}  # in, out, rows per image
+SHAPES = {
+    "attn q/k/v/out": (1152, 1152, 256),
+    "ff fc1": (1152, 4608, 256),
+    "ff fc2": (4608, 1152, 256),
+    "adaLN": (1152, 6912, 1),
+}  # in, out, rows per image
 SETTINGS = {  # name: weight bits, activation bits, backends
     "W8A8": (8, 8, ("fake", "int8", "fp8")),
     "W4A8": (4, 8, ("fake", "int4")),
@@ -39,7 +43,9 @@ SETTINGS = {  # name: weight bits, activation bits, backends
 def layer(k: int, n: int, wbits: int, abits: int, backend: str, device, dtype) -> nn.Module:
     torch.manual_seed(0)
     lin = nn.Linear(k, n).to(device)
-    q = QuantLinear.from_linear(lin, wbits, Granularity("group", 128), ActSpec(abits, "dynamic" if abits < 16 else "none", 128))
+    q = QuantLinear.from_linear(
+        lin, wbits, Granularity("group", 128), ActSpec(abits, "dynamic" if abits < 16 else "none", 128)
+    )
     return use_backend(nn.Sequential(q), backend).to(dtype=dtype)
 
 
@@ -58,14 +64,16 @@ def main() -> None:
         for shape, (k, n, per_image) in SHAPES.items():
             m = batch * per_image
             x = torch.randn(m, k, device=device, dtype=dtype)
-            w = torch.randn(n, k, device=device, dtype=dtype) / k ** 0.5
+            w = torch.randn(n, k, device=device, dtype=dtype) / k**0.5
             b = torch.randn(n, device=device, dtype=dtype)
             a8, sa = fp8_rows_reference(x)
             w8, sb = fp8_rows_reference(w)
             sb = sb.T.contiguous()
             flop = 2.0 * m * k * n
-            ceil = {"bf16": cuda_ms(lambda: F.linear(x, w, b)),
-                    "fp8": cuda_ms(lambda: torch._scaled_mm(a8, w8.t(), scale_a=sa, scale_b=sb, out_dtype=dtype))}
+            ceil = {
+                "bf16": cuda_ms(lambda: F.linear(x, w, b)),
+                "fp8": cuda_ms(lambda: torch._scaled_mm(a8, w8.t(), scale_a=sa, scale_b=sb, out_dtype=dtype)),
+            }
             base = {"batch": batch, "layer": shape, "M": m, "K": k, "N": n, "dtype": args.dtype}
             for name, ms in ceil.items():
                 rows.append(base | {"what": f"ceiling {name}", "ms": round(ms, 4), "tflops": round(flop / ms / 1e9, 1)})
@@ -80,9 +88,15 @@ def main() -> None:
                         rows.append(base | {"what": f"{setting} {backend}", "error": repr(e)[:300]})
                         print(json.dumps(rows[-1]), flush=True)
                         continue
-                    rows.append(base | {"what": f"{setting} {backend}", "ms": round(ms, 4),
-                                        "vs_bf16_ceiling": round(ceil["bf16"] / ms, 3),
-                                        "vs_fp8_ceiling": round(ceil["fp8"] / ms, 3)})
+                    rows.append(
+                        base
+                        | {
+                            "what": f"{setting} {backend}",
+                            "ms": round(ms, 4),
+                            "vs_bf16_ceiling": round(ceil["bf16"] / ms, 3),
+                            "vs_fp8_ceiling": round(ceil["fp8"] / ms, 3),
+                        }
+                    )
                     print(json.dumps(rows[-1]), flush=True)
     rows.append({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__})
     if args.out:

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
 from _common import deep_update, save_xl_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,23 +60,35 @@ def random_inception_weights(path: Path) -> Path | None:
 
 
 def run_stage(proj: Path, name: str, *argv: str, timeout: int = 900) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", f"stages.{name}", *argv], cwd=proj, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"stages.{name}", *argv],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     log = proc.stdout + proc.stderr
     (proj / f"{name}{''.join(argv)}.log").write_text(log)
     if proc.returncode != 0:  # recorded, and the other stages still run
         print(f"  {name} {' '.join(argv)}: FAILED, exit status {proc.returncode}:\n{log[-3000:]}", flush=True)
         return {"failed": proc.returncode, "wall_s": round(time.time() - start, 1)}
-    ranks = [{"rank": int(r), "items": int(n), "loop_s": float(s), "peak_gib": float(m) if m else None}
-             for r, n, s, m in PREDICT.findall(log)]
+    ranks = [
+        {"rank": int(r), "items": int(n), "loop_s": float(s), "peak_gib": float(m) if m else None}
+        for r, n, s, m in PREDICT.findall(log)
+    ]
     done = DONE.findall(log)
-    out = {"wall_s": round(time.time() - start, 1), "stage_s": float(done[-1][1]) if done else None,
-           "ranks": ranks}
+    out = {"wall_s": round(time.time() - start, 1), "stage_s": float(done[-1][1]) if done else None, "ranks": ranks}
     if ranks:
-        out["loop_s"] = max(r["loop_s"] for r in ranks[-len({r['rank'] for r in ranks}):])
+        out["loop_s"] = max(r["loop_s"] for r in ranks[-len({r["rank"] for r in ranks}) :])
         out["peak_gib"] = max((r["peak_gib"] or 0) for r in ranks)
     print(f"  {name} {' '.join(argv)}: {json.dumps(out)}", flush=True)
     return out
@@ -91,20 +102,33 @@ def compare(one: Path, two: Path) -> dict:
 
     r1, _ = read_calibration(one / "data/calib")
     r2, _ = read_calibration(two / "data/calib")
-    out = {"calib_same_t_y_step": all(np.array_equal(r1[k], r2[k]) for k in ("t", "y", "step", "trajectory")),
-           "calib_x_max_abs_diff": float(np.abs(r1["x"] - r2["x"]).max()),
-           "calib_x_identical": bool(np.array_equal(r1["x"], r2["x"]))}
+    out = {
+        "calib_same_t_y_step": all(np.array_equal(r1[k], r2[k]) for k in ("t", "y", "step", "trajectory")),
+        "calib_x_max_abs_diff": float(np.abs(r1["x"] - r2["x"]).max()),
+        "calib_x_identical": bool(np.array_equal(r1["x"], r2["x"])),
+    }
     if not (two / "data/stats").exists():  # --quick
         s1 = s2 = {}
     else:
-        s1, s2 = load_file(str(one / "data/stats/stats.safetensors")), load_file(str(two / "data/stats/stats.safetensors"))
-    out["stats_max_rel_diff"] = max((float(((s1[k].double() - s2[k].double()).abs() /
-                                             s1[k].double().abs().clamp_min(1e-6)).max())
-                                     for k in s1 if s1[k].is_floating_point()), default=None)
+        s1, s2 = (
+            load_file(str(one / "data/stats/stats.safetensors")),
+            load_file(str(two / "data/stats/stats.safetensors")),
+        )
+    out["stats_max_rel_diff"] = max(
+        (
+            float(((s1[k].double() - s2[k].double()).abs() / s1[k].double().abs().clamp_min(1e-6)).max())
+            for k in s1
+            if s1[k].is_floating_point()
+        ),
+        default=None,
+    )
     if (two / "data/search").exists():
         out |= compare_search(one, two)
     for name in ("samples_fp", "samples"):
-        if not (two / f"data/{name}/images.npz").exists() or (one / f"data/{name}").resolve() == (two / f"data/{name}").resolve():
+        if (
+            not (two / f"data/{name}/images.npz").exists()
+            or (one / f"data/{name}").resolve() == (two / f"data/{name}").resolve()
+        ):
             continue
         a = np.load(one / f"data/{name}/images.npz")["images"].astype(np.int16)
         b = np.load(two / f"data/{name}/images.npz")["images"].astype(np.int16)
@@ -114,20 +138,28 @@ def compare(one: Path, two: Path) -> dict:
         out[f"{name}_pixels_differing"] = float((diff > 0).mean())
     if (one / "metrics.json").exists() and (two / "metrics.json").exists():
         m1, m2 = json.loads((one / "metrics.json").read_text()), json.loads((two / "metrics.json").read_text())
-        out["metrics_max_rel_diff"] = max(abs(m1[k] - m2[k]) / max(abs(m1[k]), 1e-12) for k in m1
-                                          if isinstance(m1[k], float) and isinstance(m2.get(k), float))
+        out["metrics_max_rel_diff"] = max(
+            abs(m1[k] - m2[k]) / max(abs(m1[k]), 1e-12)
+            for k in m1
+            if isinstance(m1[k], float) and isinstance(m2.get(k), float)
+        )
     return out
 
 
 def compare_search(one: Path, two: Path) -> dict:
     out = {}
     e1 = json.loads((one / "data/search/checkpoint.json").read_text())["evaluated"]
-    e2 = {tuple(e["genome"]): e["fitness"] for e in json.loads((two / "data/search/checkpoint.json").read_text())["evaluated"]}
+    e2 = {
+        tuple(e["genome"]): e["fitness"]
+        for e in json.loads((two / "data/search/checkpoint.json").read_text())["evaluated"]
+    }
     common = [(e["fitness"], e2[tuple(e["genome"])]) for e in e1 if tuple(e["genome"]) in e2]
     out["search_plans_in_both"] = f"{len(common)} of {len(e1)}"
     out["search_fitness_max_rel_diff"] = max(abs(a - b) / abs(a) for a, b in common) if common else None
-    out["search_same_best_plan"] = (json.loads((one / "data/search/search.json").read_text())["plan"] ==
-                                    json.loads((two / "data/search/search.json").read_text())["plan"])
+    out["search_same_best_plan"] = (
+        json.loads((one / "data/search/search.json").read_text())["plan"]
+        == json.loads((two / "data/search/search.json").read_text())["plan"]
+    )
     return out
 
 
@@ -140,8 +172,11 @@ def main() -> None:
     p.add_argument("--calib-steps", type=int, default=50)
     p.add_argument("--search-images", type=int, default=64, help="sample_mse images per plan (10 steps)")
     p.add_argument("--accelerator", default="gpu", help="gpu; cpu (gloo DDP, 32-true) only smoke-tests the script")
-    p.add_argument("--quick", action="store_true",
-                   help="only calibrate, sample_fp and evaluate (no stats, search, quantize, quantized sampling)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="only calibrate, sample_fp and evaluate (no stats, search, quantize, quantized sampling)",
+    )
     p.add_argument("--work", default="/tmp/qdit-ddp")
     p.add_argument("--out", default="bench/results/gpu_ddp_scaling.json")
     args = p.parse_args()
@@ -151,27 +186,50 @@ def main() -> None:
     t0 = time.time()
     save_xl_pipeline(work / "DiT-XL-2-256")
     weights = random_inception_weights(work / "inception.pth")
-    print(f"model directory written in {time.time() - t0:.0f} s; Inception: {'random weights' if weights else 'not installed'}")
+    print(
+        f"model directory written in {time.time() - t0:.0f} s; Inception: {'random weights' if weights else 'not installed'}"
+    )
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params = deep_update(params, yaml.safe_load((REPO / "presets/paper-256.yaml").read_text()))
-    params = deep_update(params, {
-        "model": {"source": str(work / "DiT-XL-2-256")},
-        "calibrate": {"num_samples": args.calib_samples, "steps": args.calib_steps},
-        "quant": {"weight": {"clip_search": False}},  # not what is measured here; saves minutes
-        "search": {"group_sizes": [128, 288], "fitness": "sample_mse", "num_images": args.search_images, "steps": 10,
-                   "population": 4, "top_k": 2, "mutations": 2, "crossovers": 2, "generations": 1, "batch_size": 64},
-        "sample": {"num_images": args.images, "steps": args.steps},
-        "evaluate": {"reference": str(work / "reference.npz"), "inception_weights": str(weights) if weights else None},
-        "tracking": {"enabled": False},
-        "trainer": {"accelerator": args.accelerator, "precision": "bf16-true" if args.accelerator == "gpu" else "32-true"},
-    })
+    params = deep_update(
+        params,
+        {
+            "model": {"source": str(work / "DiT-XL-2-256")},
+            "calibrate": {"num_samples": args.calib_samples, "steps": args.calib_steps},
+            "quant": {"weight": {"clip_search": False}},  # not what is measured here; saves minutes
+            "search": {
+                "group_sizes": [128, 288],
+                "fitness": "sample_mse",
+                "num_images": args.search_images,
+                "steps": 10,
+                "population": 4,
+                "top_k": 2,
+                "mutations": 2,
+                "crossovers": 2,
+                "generations": 1,
+                "batch_size": 64,
+            },
+            "sample": {"num_images": args.images, "steps": args.steps},
+            "evaluate": {
+                "reference": str(work / "reference.npz"),
+                "inception_weights": str(weights) if weights else None,
+            },
+            "tracking": {"enabled": False},
+            "trainer": {
+                "accelerator": args.accelerator,
+                "precision": "bf16-true" if args.accelerator == "gpu" else "32-true",
+            },
+        },
+    )
     result: dict = {"args": vars(args), "runs": {}, "compare": {}}
     first: Path | None = None
     for n in args.devices:
         proj = work / f"devices{n}"
         (proj / "data").mkdir(parents=True)
         strategy = "ddp" if n > 1 else "auto"
-        (proj / "params.yaml").write_text(yaml.safe_dump(deep_update(params, {"trainer": {"devices": n, "strategy": strategy}})))
+        (proj / "params.yaml").write_text(
+            yaml.safe_dump(deep_update(params, {"trainer": {"devices": n, "strategy": strategy}}))
+        )
         print(f"devices {n}:", flush=True)
         runs: dict = {}
         if first is None:
@@ -209,10 +267,14 @@ def main() -> None:
             except Exception as e:  # a failed stage left something out: keep the timings
                 result["compare"][n] = {"error": repr(e)}
             base = result["runs"][args.devices[0]]
-            result["compare"][n]["loop_speedup"] = {k: round(base[k]["loop_s"] / v["loop_s"], 3)
-                                                    for k, v in runs.items() if "loop_s" in v and "loop_s" in base.get(k, {})}
-            result["compare"][n]["wall_speedup"] = {k: round(base[k]["wall_s"] / v["wall_s"], 3)
-                                                    for k, v in runs.items() if k in base and "failed" not in v}
+            result["compare"][n]["loop_speedup"] = {
+                k: round(base[k]["loop_s"] / v["loop_s"], 3)
+                for k, v in runs.items()
+                if "loop_s" in v and "loop_s" in base.get(k, {})
+            }
+            result["compare"][n]["wall_speedup"] = {
+                k: round(base[k]["wall_s"] / v["wall_s"], 3) for k, v in runs.items() if k in base and "failed" not in v
+            }
             print(json.dumps(result["compare"][n], indent=1), flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))  # after each device count: partial results survive

@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _common import xl_transformer
 from safetensors.torch import save_file
 
-from _common import xl_transformer
 from pipeline.quant.apply import linear_in_features, quant_state, quantize_model
 from pipeline.quant.plan import build_plan
 from pipeline.quant.targets import DEFAULT_INCLUDE
@@ -47,19 +47,39 @@ def main() -> None:
     for setting in args.settings:
         bits, g = map(int, setting.split(":"))
         model = xl_transformer()
-        plan = build_plan(linear_in_features(model), method="qdit", include=("*",) if args.all else DEFAULT_INCLUDE, exclude=[],
-                          weight_bits=bits, group_size=g, weight_symmetric=False, clip_search=False, gptq=False,
-                          act_bits=8, act_mode="auto", act_group_size=None, act_symmetric=False, attn_bits=16)
+        plan = build_plan(
+            linear_in_features(model),
+            method="qdit",
+            include=("*",) if args.all else DEFAULT_INCLUDE,
+            exclude=[],
+            weight_bits=bits,
+            group_size=g,
+            weight_symmetric=False,
+            clip_search=False,
+            gptq=False,
+            act_bits=8,
+            act_mode="auto",
+            act_group_size=None,
+            act_symmetric=False,
+            attn_bits=16,
+        )
         layers_fp16 = {k: v for k, v in fp16.items() if k.rsplit(".", 1)[0] in plan.layers}
         with torch.no_grad():
             state = quant_state(quantize_model(model, plan), plan)
         q_bytes, l_bytes = file_bytes(state), file_bytes(layers_fp16)
         rest = total_fp16 - l_bytes
-        rows.append({"setting": f"W{bits} g{g}" + (" every Linear" if args.all else ""), "layers": len(plan.layers),
-                     "quantized_layers_mb": round(q_bytes / 1e6, 1), "same_layers_fp16_mb": round(l_bytes / 1e6, 1),
-                     "layers_ratio": round(q_bytes / l_bytes, 3),
-                     "transformer_mb": round((q_bytes + rest) / 1e6, 1), "transformer_fp16_mb": round(total_fp16 / 1e6, 1),
-                     "transformer_ratio": round((q_bytes + rest) / total_fp16, 3)})
+        rows.append(
+            {
+                "setting": f"W{bits} g{g}" + (" every Linear" if args.all else ""),
+                "layers": len(plan.layers),
+                "quantized_layers_mb": round(q_bytes / 1e6, 1),
+                "same_layers_fp16_mb": round(l_bytes / 1e6, 1),
+                "layers_ratio": round(q_bytes / l_bytes, 3),
+                "transformer_mb": round((q_bytes + rest) / 1e6, 1),
+                "transformer_fp16_mb": round(total_fp16 / 1e6, 1),
+                "transformer_ratio": round((q_bytes + rest) / total_fp16, 3),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))

@@ -17,8 +17,8 @@ import json
 import time
 
 import torch
-
 from _common import generate, summary
+
 from pipeline.config import load_params
 from pipeline.metrics.features import build_extractor, extract
 from pipeline.metrics.fid import frechet_distance
@@ -50,18 +50,27 @@ def main() -> None:
         floor.append(frechet_distance(real_feats[perm[:half]], real_feats[perm[half:]]))
 
     start = time.time()
-    sample_feats = {seed: extract(extractor, generate(fp.transformer, fp, cfg.sample, args.num_images, seed), 500) for seed in args.seeds}
+    sample_feats = {
+        seed: extract(extractor, generate(fp.transformer, fp, cfg.sample, args.num_images, seed), 500)
+        for seed in args.seeds
+    }
     seconds = time.time() - start
     fid_real = [frechet_distance(f, real_feats) for f in sample_feats.values()]
     fid_fp = [frechet_distance(sample_feats[a], sample_feats[b]) for a, b in itertools.combinations(args.seeds, 2)]
-    print(json.dumps({
-        "num_images": args.num_images, "sampler": f"{cfg.sample.scheduler} {cfg.sample.steps} steps, "
-        f"guidance {cfg.sample.guidance_scale}", "seeds": args.seeds,
-        "real_vs_real_halves": _rounded(summary(floor)),
-        "fp_vs_digits": _rounded(summary(fid_real)),
-        "fp_vs_fp_other_seed": _rounded(summary(fid_fp)),
-        "sampling_seconds": round(seconds, 1),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "num_images": args.num_images,
+                "sampler": f"{cfg.sample.scheduler} {cfg.sample.steps} steps, guidance {cfg.sample.guidance_scale}",
+                "seeds": args.seeds,
+                "real_vs_real_halves": _rounded(summary(floor)),
+                "fp_vs_digits": _rounded(summary(fid_real)),
+                "fp_vs_fp_other_seed": _rounded(summary(fid_fp)),
+                "sampling_seconds": round(seconds, 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from _common import XL_SCHEDULE, xl_transformer
 from sampling_throughput import measure, quantized
 
@@ -57,9 +56,15 @@ def forward_ops(model: nn.Module, batch: int, dtype, device) -> tuple[list[tuple
     """(M, in, out, bias) of every Linear call and the q shape of every attention call of one
     forward at this batch."""
     linears, attentions = [], []
-    hooks = [m.register_forward_pre_hook(lambda mod, inp: linears.append(
-        (inp[0].numel() // mod.in_features, mod.in_features, mod.out_features, mod.bias is not None)))
-        for m in model.modules() if isinstance(m, nn.Linear)]
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda mod, inp: linears.append(
+                (inp[0].numel() // mod.in_features, mod.in_features, mod.out_features, mod.bias is not None)
+            )
+        )
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+    ]
     sdpa = F.scaled_dot_product_attention
 
     def recording(q, k, v, *a, **kw):
@@ -71,8 +76,11 @@ def forward_ops(model: nn.Module, batch: int, dtype, device) -> tuple[list[tuple
         c = model.config
         x = torch.randn(batch, c.in_channels, c.sample_size, c.sample_size, device=device, dtype=dtype)
         with torch.no_grad():
-            model(x, timestep=torch.full((batch,), 500, device=device),
-                  class_labels=torch.zeros(batch, dtype=torch.long, device=device))
+            model(
+                x,
+                timestep=torch.full((batch,), 500, device=device),
+                class_labels=torch.zeros(batch, dtype=torch.long, device=device),
+            )
     finally:
         F.scaled_dot_product_attention = sdpa
         for h in hooks:
@@ -100,16 +108,19 @@ def ceiling(model: nn.Module, batch: int, dtype, device) -> dict:
         total_ms += cache[shape]
         b, h, t, d = shape
         flops += 4.0 * b * h * t * t * d  # QK^T and PV
-    return {"gemm_ms_per_forward": round(total_ms, 3), "linear_calls": len(linears),
-            "attention_calls": len(attentions),
-            "gflops_per_image_step": round(flops / batch / 1e9, 2),
-            "gemm_tflops": round(flops / total_ms / 1e9, 1),
-            "ceiling_image_steps_per_s": round(batch / (total_ms / 1e3), 1)}
+    return {
+        "gemm_ms_per_forward": round(total_ms, 3),
+        "linear_calls": len(linears),
+        "attention_calls": len(attentions),
+        "gflops_per_image_step": round(flops / batch / 1e9, 2),
+        "gemm_tflops": round(flops / total_ms / 1e9, 1),
+        "ceiling_image_steps_per_s": round(batch / (total_ms / 1e3), 1),
+    }
 
 
 def dense_peak(dtype, device, n: int = 8192) -> float:
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    return round(2 * n ** 3 / cuda_ms(lambda: a @ b, warmup=5, reps=10) / 1e9, 1)
+    return round(2 * n**3 / cuda_ms(lambda: a @ b, warmup=5, reps=10) / 1e9, 1)
 
 
 def main() -> None:
@@ -128,9 +139,12 @@ def main() -> None:
         raise SystemExit("gpu_throughput.py needs a CUDA GPU (--device cpu only smoke-tests the script)")
     dtype = getattr(torch, args.dtype)
     base = xl_transformer(args.layers)  # stays on the CPU: only the setting measured is on the GPU
-    runs = {batch: SimpleNamespace(xl_config=True, batch=batch, steps=steps, repeats=args.repeats,
-                                   dtype=args.dtype, device=device)
-            for batch, steps in zip(args.batches, args.steps)}
+    runs = {
+        batch: SimpleNamespace(
+            xl_config=True, batch=batch, steps=steps, repeats=args.repeats, dtype=args.dtype, device=device
+        )
+        for batch, steps in zip(args.batches, args.steps)
+    }
     results, ceilings = [], {}
     for setting in args.settings:
         try:
@@ -165,8 +179,13 @@ def main() -> None:
             lines.append(r)
         lines.append({"batch": batch, "dtype": args.dtype, "ceiling": ceilings.get(batch)})
     if device == "cuda":
-        lines.append({"dense_8192_tflops": dense_peak(dtype, device), "device": torch.cuda.get_device_name(),
-                      "torch": torch.__version__})
+        lines.append(
+            {
+                "dense_8192_tflops": dense_peak(dtype, device),
+                "device": torch.cuda.get_device_name(),
+                "torch": torch.__version__,
+            }
+        )
     for line in lines:
         print(json.dumps(line), flush=True)
     if args.out:

@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 
 import torch
+from _common import generate, summary
 from safetensors.torch import load_file
 
-from _common import generate, summary
 from pipeline.config import load_params
 from pipeline.io import read_calibration
 from pipeline.metrics.features import build_extractor, extract
@@ -57,8 +57,16 @@ SETTINGS = [
 def calibration_batches(fp, batch_size=64):
     records, manifest = read_calibration("data/calib")
     x, t, y = (torch.from_numpy(records[k]) for k in ("x", "t", "y"))
-    return [guided_inputs(x[i:i + batch_size], t[i:i + batch_size], y[i:i + batch_size],
-                          manifest["guidance_scale"] > 1.0, fp.null_label) for i in range(0, len(x), batch_size)]
+    return [
+        guided_inputs(
+            x[i : i + batch_size],
+            t[i : i + batch_size],
+            y[i : i + batch_size],
+            manifest["guidance_scale"] > 1.0,
+            fp.null_label,
+        )
+        for i in range(0, len(x), batch_size)
+    ]
 
 
 def main() -> None:
@@ -81,17 +89,32 @@ def main() -> None:
     for seed in args.seeds:
         fp_images[seed] = generate(fp.transformer, fp, cfg.sample, args.num_images, seed)
         fp_feats[seed] = extract(extractor, fp_images[seed], 500)
-    results["FP"] = {"fid": summary([frechet_distance(fp_feats[s], real_feats) for s in args.seeds]),
-                     "size_mb": model_size(fp.transformer)["fp16_size_mb"]}
+    results["FP"] = {
+        "fid": summary([frechet_distance(fp_feats[s], real_feats) for s in args.seeds]),
+        "size_mb": model_size(fp.transformer)["fp16_size_mb"],
+    }
     print(f"FP: {results['FP']['fid']['mean']:.3f}", flush=True)
 
     for label, method, wb, ab, g, mode, gptq in SETTINGS:
         if args.only and label not in args.only:
             continue
         model = load_fp_model("data/model").transformer
-        plan = build_plan(linear_in_features(model), method=method, include=DEFAULT_INCLUDE, exclude=[],
-                          weight_bits=wb, group_size=g or 32, weight_symmetric=False, clip_search=True, gptq=gptq,
-                          act_bits=ab, act_mode=mode, act_group_size=None, act_symmetric=False, attn_bits=16)
+        plan = build_plan(
+            linear_in_features(model),
+            method=method,
+            include=DEFAULT_INCLUDE,
+            exclude=[],
+            weight_bits=wb,
+            group_size=g or 32,
+            weight_symmetric=False,
+            clip_search=True,
+            gptq=gptq,
+            act_bits=ab,
+            act_mode=mode,
+            act_group_size=None,
+            act_symmetric=False,
+            attn_bits=16,
+        )
         ranges = act_ranges(stats, plan) if plan.needs_ranges() else None
         if gptq:
             gptq_model(model, plan, batches, ranges, progress=False)
@@ -105,16 +128,22 @@ def main() -> None:
             row["fid_fp"].append(frechet_distance(feats, fp_feats[seed]))
             row["psnr_fp"].append(psnr(images, fp_images[seed]))
             row["ssim_fp"].append(ssim(images, fp_images[seed]))
-        results[label] = {k: summary(v) for k, v in row.items()} | {
-            "size_mb": model_size(model)["size_mb"]}
+        results[label] = {k: summary(v) for k, v in row.items()} | {"size_mb": model_size(model)["size_mb"]}
         r = results[label]
-        print(f"{label}: fid {r['fid']['mean']:.3f}  fid_fp {r['fid_fp']['mean']:.3f}  "
-              f"psnr_fp {r['psnr_fp']['mean']:.2f}", flush=True)
+        print(
+            f"{label}: fid {r['fid']['mean']:.3f}  fid_fp {r['fid_fp']['mean']:.3f}  "
+            f"psnr_fp {r['psnr_fp']['mean']:.2f}",
+            flush=True,
+        )
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"num_images": args.num_images, "seeds": args.seeds, "sampler": f"{cfg.sample.scheduler} "
-            f"{cfg.sample.steps} steps, guidance {cfg.sample.guidance_scale}", "torch": torch.__version__}
+    meta = {
+        "num_images": args.num_images,
+        "seeds": args.seeds,
+        "sampler": f"{cfg.sample.scheduler} {cfg.sample.steps} steps, guidance {cfg.sample.guidance_scale}",
+        "torch": torch.__version__,
+    }
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print()
     print("| setting | size MB | fid | fid_fp | psnr_fp (dB) | ssim_fp |")
@@ -124,8 +153,10 @@ def main() -> None:
         if label == "FP":
             print(f"| FP | {r['size_mb']:.3f} | {fmt(r['fid'])} | 0 | inf | 1 |")
             continue
-        print(f"| {label} | {r['size_mb']:.3f} | {fmt(r['fid'])} | {fmt(r['fid_fp'])} | {fmt(r['psnr_fp'], '.2f')} | "
-              f"{fmt(r['ssim_fp'], '.4f')} |")
+        print(
+            f"| {label} | {r['size_mb']:.3f} | {fmt(r['fid'])} | {fmt(r['fid_fp'])} | {fmt(r['psnr_fp'], '.2f')} | "
+            f"{fmt(r['ssim_fp'], '.4f')} |"
+        )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ import platform
 import time
 
 import torch
-
 from _common import XL_SCHEDULE, xl_transformer
+
 from pipeline.sampling import denoise, make_scheduler
 from pipeline.seeds import generators, initial_noise
 
@@ -79,10 +79,22 @@ def quantized(model, setting: str, clip: bool):
     setting, _, scope = setting.partition("+")
     setting, _, backend = setting.partition("@")
     method, wb, ab, g = setting.split(":")
-    plan = build_plan(linear_in_features(model), method=method, include=("*",) if scope == "all" else DEFAULT_INCLUDE,
-                      exclude=[], weight_bits=int(wb), group_size=int(g), weight_symmetric=False, clip_search=clip,
-                      gptq=False, act_bits=int(ab), act_mode="dynamic" if method == "rtn" else "auto",
-                      act_group_size=None, act_symmetric=False, attn_bits=16)
+    plan = build_plan(
+        linear_in_features(model),
+        method=method,
+        include=("*",) if scope == "all" else DEFAULT_INCLUDE,
+        exclude=[],
+        weight_bits=int(wb),
+        group_size=int(g),
+        weight_symmetric=False,
+        clip_search=clip,
+        gptq=False,
+        act_bits=int(ab),
+        act_mode="dynamic" if method == "rtn" else "auto",
+        act_group_size=None,
+        act_symmetric=False,
+        attn_bits=16,
+    )
     return use_backend(quantize_model(model, plan), backend or "fake")
 
 
@@ -110,9 +122,15 @@ def measure(args, model, sched_cfg, num_classes, dtype) -> dict:
     median = times[len(times) // 2]
     result = {
         "model": "DiT-XL/2-config (random init)" if args.xl_config else args.model,
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "dtype": args.dtype, "batch": args.batch, "steps": args.steps, "repeats": args.repeats,
-        "median_s": round(median, 4), "image_steps_per_s": round(args.batch * args.steps / median, 1),
+        "device": torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "median_s": round(median, 4),
+        "image_steps_per_s": round(args.batch * args.steps / median, 1),
         "spread_s": [round(t, 4) for t in times],
         "torch": torch.__version__,
     }

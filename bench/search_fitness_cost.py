@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import XL_SCHEDULE, sd_vae, xl_transformer
 from omegaconf import OmegaConf
 from torch import nn
 
-from _common import XL_SCHEDULE, sd_vae, xl_transformer
 from pipeline.models.loader import FPModel
 from pipeline.quant.apply import linear_in_features, measure_shapes
 from pipeline.quant.plan import build_plan
@@ -41,7 +41,7 @@ class RandomFeatures(nn.Module):
     def __init__(self, pixels: int, dim: int = 2048):
         super().__init__()
         g = torch.Generator().manual_seed(0)
-        self.register_buffer("proj", torch.randn(pixels, dim, generator=g) / pixels ** 0.5)
+        self.register_buffer("proj", torch.randn(pixels, dim, generator=g) / pixels**0.5)
 
     def forward(self, x):
         return x.flatten(1).float() @ self.proj
@@ -78,24 +78,53 @@ def main() -> None:
     fp = xl_model(device, args.num_layers)
     model = fp.transformer
     trainer = OmegaConf.create({"accelerator": "auto", "devices": 1, "strategy": "auto", "precision": args.precision})
-    base = build_plan(linear_in_features(model), method="qdit", include=DEFAULT_INCLUDE, exclude=[], weight_bits=4,
-                      group_size=128, weight_symmetric=False, clip_search=True, gptq=False, act_bits=8,
-                      act_mode="auto", act_group_size=None, act_symmetric=False, attn_bits=16)
+    base = build_plan(
+        linear_in_features(model),
+        method="qdit",
+        include=DEFAULT_INCLUDE,
+        exclude=[],
+        weight_bits=4,
+        group_size=128,
+        weight_symmetric=False,
+        clip_search=True,
+        gptq=False,
+        act_bits=8,
+        act_mode="auto",
+        act_group_size=None,
+        act_symmetric=False,
+        attn_bits=16,
+    )
     g = torch.Generator().manual_seed(0)
-    calib = [{"hidden_states": torch.randn(32, 4, 32, 32, generator=g).to(device),
-              "timestep": torch.randint(0, 1000, (32,), generator=g).to(device),
-              "class_labels": torch.randint(0, 1000, (32,), generator=g).to(device)} for _ in range(8)]
+    calib = [
+        {
+            "hidden_states": torch.randn(32, 4, 32, 32, generator=g).to(device),
+            "timestep": torch.randint(0, 1000, (32,), generator=g).to(device),
+            "class_labels": torch.randint(0, 1000, (32,), generator=g).to(device),
+        }
+        for _ in range(8)
+    ]
     shapes = measure_shapes(model, base.layers, calib[0])
     space = SearchSpace(base, shapes, args.group_sizes)
     result = {"genes": len(space), "candidates": sorted({g for c in space.candidates.values() for g in c})}
 
     mse, t_mse_ref = timed(lambda: MSEFitness(model, calib))  # FP outputs, fp32
     extractor = RandomFeatures(256 * 256 * 3).to(device)
-    run = {"scheduler": "ddim", "guidance_scale": 1.0, "seed": 2, "batch_size": args.batch, "trainer_cfg": trainer,
-           "parts_dir": Path("/tmp/qdit-parts")}
-    images_fit, t_fp = timed(lambda: ImageFitness(
-        Sampler(fp, num_images=args.images, steps=args.steps, **run), extractor=extractor, device=device,
-        feature_batch_size=100))
+    run = {
+        "scheduler": "ddim",
+        "guidance_scale": 1.0,
+        "seed": 2,
+        "batch_size": args.batch,
+        "trainer_cfg": trainer,
+        "parts_dir": Path("/tmp/qdit-parts"),
+    }
+    images_fit, t_fp = timed(
+        lambda: ImageFitness(
+            Sampler(fp, num_images=args.images, steps=args.steps, **run),
+            extractor=extractor,
+            device=device,
+            feature_batch_size=100,
+        )
+    )
     print(f"FP reference: {t_fp:.1f} s", flush=True)
     n_img, n_steps = args.sample_mse
     sample_mse, t_smse_ref = timed(lambda: SampleMSEFitness(Sampler(fp, num_images=n_img, steps=n_steps, **run)))
@@ -126,19 +155,31 @@ def main() -> None:
     paper = 50 + 10 * (25 + 25)
     result |= {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
-        "torch": torch.__version__, "precision": args.precision, "batch": args.batch,
-        "images": args.images, "steps": args.steps,
-        "fp_reference_sampling_s": t_fp, "candidate_build_s": t_build, "mse_reference_s": t_mse_ref,
-        "fid_fp_evals": evals, "mse_evals": mse_evals,
-        "fid_fp_eval_median_s": per_eval, "mse_eval_median_s": per_mse,
+        "torch": torch.__version__,
+        "precision": args.precision,
+        "batch": args.batch,
+        "images": args.images,
+        "steps": args.steps,
+        "fp_reference_sampling_s": t_fp,
+        "candidate_build_s": t_build,
+        "mse_reference_s": t_mse_ref,
+        "fid_fp_evals": evals,
+        "mse_evals": mse_evals,
+        "fid_fp_eval_median_s": per_eval,
+        "mse_eval_median_s": per_mse,
         "image_steps_per_s": args.images * args.steps / per_eval,
         "paper_search_evals": paper,
         "paper_search_projected_h_fid": (t_build + t_fp + paper * per_eval) / 3600,
         "paper_search_projected_h_mse": (t_build + t_mse_ref + paper * per_mse) / 3600,
-        "sample_mse": {"images": n_img, "steps": n_steps, "reference_s": t_smse_ref, "evals": smse_evals,
-                       "eval_median_s": per_smse,
-                       "paper_search_projected_h": (t_build + t_smse_ref + paper * per_smse) / 3600},
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else None,
+        "sample_mse": {
+            "images": n_img,
+            "steps": n_steps,
+            "reference_s": t_smse_ref,
+            "evals": smse_evals,
+            "eval_median_s": per_smse,
+            "paper_search_projected_h": (t_build + t_smse_ref + paper * per_smse) / 3600,
+        },
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(result, indent=2))

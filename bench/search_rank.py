@@ -38,15 +38,28 @@ def main() -> None:
     p.add_argument("--setting", default="4:8", help="weight_bits:act_bits")
     p.add_argument("--num-images", type=int, default=500)
     p.add_argument("--second-seed", action="store_true")
-    p.add_argument("--sample-mse", type=int, nargs=2, default=[64, 10], metavar=("IMAGES", "STEPS"),
-                   help="images and DDIM steps of the sample_mse fitness")
+    p.add_argument(
+        "--sample-mse",
+        type=int,
+        nargs=2,
+        default=[64, 10],
+        metavar=("IMAGES", "STEPS"),
+        help="images and DDIM steps of the sample_mse fitness",
+    )
     p.add_argument("--merge", help="scores of an earlier run of this script: only the missing ones are computed")
     p.add_argument("--out", default="bench/results/search_rank.json")
     args = p.parse_args()
     wb, ab = (int(x) for x in args.setting.split(":"))
-    cfg = load_params("params.yaml", [f"quant.weight.bits={wb}", f"quant.act.bits={ab}",
-                                      f"search.num_images={args.num_images}", "trainer.accelerator=cpu",
-                                      "trainer.devices=1"])
+    cfg = load_params(
+        "params.yaml",
+        [
+            f"quant.weight.bits={wb}",
+            f"quant.act.bits={ab}",
+            f"search.num_images={args.num_images}",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+        ],
+    )
     sc = cfg.search
     fp = load_fp_model("data/model")
     model = fp.transformer
@@ -61,14 +74,30 @@ def main() -> None:
     real, _ = load_digits_images()
     real_feats = extract(extractor, real, 500, progress=False)
     mse = MSEFitness(model, batches)
-    run = {"steps": sc.steps, "scheduler": sc.scheduler, "guidance_scale": sc.guidance_scale,
-           "batch_size": sc.batch_size, "trainer_cfg": cfg.trainer, "parts_dir": Path("data/.parts-rank")}
+    run = {
+        "steps": sc.steps,
+        "scheduler": sc.scheduler,
+        "guidance_scale": sc.guidance_scale,
+        "batch_size": sc.batch_size,
+        "trainer_cfg": cfg.trainer,
+        "parts_dir": Path("data/.parts-rank"),
+    }
     seeds = [sc.image_seed] + ([sc.image_seed + 1] if args.second_seed else [])
     old = json.loads(Path(args.merge).read_text())["scores"] if args.merge else {}
     need_fid = not old.get("fid")
-    samplers = [ImageFitness(Sampler(fp, num_images=args.num_images, seed=s, **run), extractor=extractor,
-                             device=torch.device("cpu"), feature_batch_size=500)
-                for s in seeds] if need_fid else []  # FP features of each seed
+    samplers = (
+        [
+            ImageFitness(
+                Sampler(fp, num_images=args.num_images, seed=s, **run),
+                extractor=extractor,
+                device=torch.device("cpu"),
+                feature_batch_size=500,
+            )
+            for s in seeds
+        ]
+        if need_fid
+        else []
+    )  # FP features of each seed
     n_img, n_steps = args.sample_mse
     sample_mse = SampleMSEFitness(Sampler(fp, num_images=n_img, seed=sc.image_seed, **(run | {"steps": n_steps})))
     candidates = CandidateModel(model, space, None)
@@ -89,16 +118,33 @@ def main() -> None:
     seconds = time.time() - start
     t = {k: torch.tensor(v, dtype=torch.float64) for k, v in scores.items() if v}
     corr = {}
-    pairs = [("mse", "fid"), ("sample_mse", "fid"), ("fid_fp", "fid"), ("mse", "fid_fp"), ("sample_mse", "fid_fp"),
-             ("fid_seed2", "fid")]
+    pairs = [
+        ("mse", "fid"),
+        ("sample_mse", "fid"),
+        ("fid_fp", "fid"),
+        ("mse", "fid_fp"),
+        ("sample_mse", "fid_fp"),
+        ("fid_seed2", "fid"),
+    ]
     for a, b in pairs:
         if a in t and b in t:
-            corr[f"{a} vs {b}"] = {"spearman": float(spearman_corrcoef(t[a], t[b])),
-                                   "kendall": float(kendall_rank_corrcoef(t[a], t[b]))}
-    result = {"setting": f"W{wb}A{ab}", "candidates": len(population), "num_images": args.num_images,
-              "sample_mse": {"images": n_img, "steps": n_steps},
-              "steps": sc.steps, "image_seeds": seeds, "scores": scores, "correlation": corr,
-              "seconds": seconds, "date": time.strftime("%Y-%m-%d"), "machine": "CPU"}
+            corr[f"{a} vs {b}"] = {
+                "spearman": float(spearman_corrcoef(t[a], t[b])),
+                "kendall": float(kendall_rank_corrcoef(t[a], t[b])),
+            }
+    result = {
+        "setting": f"W{wb}A{ab}",
+        "candidates": len(population),
+        "num_images": args.num_images,
+        "sample_mse": {"images": n_img, "steps": n_steps},
+        "steps": sc.steps,
+        "image_seeds": seeds,
+        "scores": scores,
+        "correlation": corr,
+        "seconds": seconds,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": "CPU",
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     for k, v in corr.items():

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
 from _common import deep_update, summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +41,13 @@ def main() -> None:
     p.add_argument("--settings", nargs="+", default=["4:8", "4:4"], help="weight_bits:act_bits")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--uniform", type=int, nargs="+", default=[16, 32, 64, 128])
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="params overrides for every run, e.g. search.fitness=sample_mse")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="params overrides for every run, e.g. search.fitness=sample_mse",
+    )
     p.add_argument("--out", default="bench/results/search_vs_uniform.json")
     args = p.parse_args()
     base = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -69,10 +73,12 @@ def main() -> None:
                 wb, ab = (int(x) for x in setting.split(":"))
                 plans = [("searched", {"search": {"seed": seed}})] + [
                     (f"uniform g{g}", {"search": {"enabled": False}, "quant": {"weight": {"group_size": g}}})
-                    for g in args.uniform]
+                    for g in args.uniform
+                ]
                 for label, extra in plans:
-                    params = deep_update(base, {"quant": {"weight": {"bits": wb}, "act": {"bits": ab}},
-                                                "sample": {"seed": seed}})
+                    params = deep_update(
+                        base, {"quant": {"weight": {"bits": wb}, "act": {"bits": ab}}, "sample": {"seed": seed}}
+                    )
                     params = deep_update(params, extra)
                     start = time.time()
                     stage("search", params)
@@ -88,8 +94,11 @@ def main() -> None:
                     row = rows.setdefault(key, {"fid": [], "fid_fp": [], "psnr_fp": []})
                     for k in row:
                         row[k].append(float(m[k]))
-                    print(f"seed {seed} {key}: fid {m['fid']:.3f} fid_fp {m['fid_fp']:.4f} "
-                          f"psnr_fp {m['psnr_fp']:.2f} ({searched['plan']['gbitops']:.4f} GBOPs)", flush=True)
+                    print(
+                        f"seed {seed} {key}: fid {m['fid']:.3f} fid_fp {m['fid_fp']:.4f} "
+                        f"psnr_fp {m['psnr_fp']:.2f} ({searched['plan']['gbitops']:.4f} GBOPs)",
+                        flush=True,
+                    )
     finally:
         os.chdir(REPO)
         shutil.rmtree(work, ignore_errors=True)
@@ -101,9 +110,16 @@ def main() -> None:
         s, u = rows[f"W{wb}A{ab} searched"], rows.get(f"W{wb}A{ab} uniform g{base['quant']['weight']['group_size']}")
         if u:
             paired[f"W{wb}A{ab}"] = {m: summary(list(np.subtract(s[m], u[m]))) for m in s}
-    meta = {"seeds": args.seeds, "overrides": args.set, "search": base["search"], "sample": base["sample"], "budget": costs,
-            "search_seconds": {k: summary(v) for k, v in search_seconds.items()},
-            "date": time.strftime("%Y-%m-%d"), "machine": f"CPU, {os.cpu_count()} cores"}
+    meta = {
+        "seeds": args.seeds,
+        "overrides": args.set,
+        "search": base["search"],
+        "sample": base["sample"],
+        "budget": costs,
+        "search_seconds": {k: summary(v) for k, v in search_seconds.items()},
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"CPU, {os.cpu_count()} cores",
+    }
     out = REPO / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": results, "searched_minus_uniform": paired}, indent=2))
@@ -113,8 +129,10 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for key, r in results.items():
         setting, label = key.split(" ", 1)
-        print(f"| {setting} | {label} | {r['gbitops']:.4f} | {fmt(r['fid'])} | {fmt(r['fid_fp'], '.4f')} | "
-              f"{fmt(r['psnr_fp'], '.2f')} |")
+        print(
+            f"| {setting} | {label} | {r['gbitops']:.4f} | {fmt(r['fid'])} | {fmt(r['fid_fp'], '.4f')} | "
+            f"{fmt(r['psnr_fp'], '.2f')} |"
+        )
     print("\nsearched - uniform (paired by seed):")
     for setting, d in paired.items():
         print(f"  {setting}: " + ", ".join(f"{m} {fmt(v, '.4f')}" for m, v in d.items()))

@@ -51,9 +51,15 @@ class Setting:
     def overrides(self) -> dict[str, str]:
         w, a = parse_bits(self.bits)
         s = self.seed
-        return {"quant.weight.bits": str(w), "quant.act.bits": str(a), **_METHOD_OVERRIDES[self.method],
-                "sample.seed": str(3 * s), "calibrate.seed": str(3 * s + 1),
-                "search.image_seed": str(3 * s + 2), "search.seed": str(s)}
+        return {
+            "quant.weight.bits": str(w),
+            "quant.act.bits": str(a),
+            **_METHOD_OVERRIDES[self.method],
+            "sample.seed": str(3 * s),
+            "calibrate.seed": str(3 * s + 1),
+            "search.image_seed": str(3 * s + 2),
+            "search.seed": str(s),
+        }
 
 
 def settings(bits: list[str], methods: list[str], ablation_bits: list[str], seeds: list[int]) -> list[Setting]:

@@ -32,8 +32,7 @@ class ActivationStats:
             self.min[name] = torch.full((num_slots, c), float("inf"))
             self.max[name] = torch.full((num_slots, c), float("-inf"))
             self.absmax[name] = torch.zeros(num_slots, c)
-        self._handles = [layer.register_forward_pre_hook(self._hook(name))
-                         for name, layer in self.layers.items()]
+        self._handles = [layer.register_forward_pre_hook(self._hook(name)) for name, layer in self.layers.items()]
 
     def set_slots(self, slots: torch.Tensor, timesteps: torch.Tensor) -> None:
         """Timestep slot (and value, for error messages) of each row of the next forward."""
@@ -45,13 +44,19 @@ class ActivationStats:
             x = args[0].detach()
             rows = x.shape[0]
             x = x.reshape(rows, -1, x.shape[-1]).float()
-            require_finite(x, self._timestep, "activation", f"at the input of layer '{name}'",
-                           "; the FP model or its calibration data is broken")
+            require_finite(
+                x,
+                self._timestep,
+                "activation",
+                f"at the input of layer '{name}'",
+                "; the FP model or its calibration data is broken",
+            )
             lo, hi = x.amin(1).cpu(), x.amax(1).cpu()
             index = self._slots[:rows, None].expand_as(lo)
             self.min[name].scatter_reduce_(0, index, lo, "amin")
             self.max[name].scatter_reduce_(0, index, hi, "amax")
             self.absmax[name].scatter_reduce_(0, index, torch.maximum(hi, -lo), "amax")
+
         return hook
 
     def remove(self) -> None:

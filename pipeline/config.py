@@ -152,7 +152,7 @@ class EvaluateConfig:
     features: str = "auto"
     inception_weights: str | None = None
     batch_size: int = 500
-    nearest_k: int = 3          # precision/recall manifolds
+    nearest_k: int = 3  # precision/recall manifolds
     kid_subsets: int = 100
     kid_subset_size: int = 1000
 
@@ -170,7 +170,7 @@ class TrackingConfig:
     enabled: bool = True
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "qdit"
-    sweep: str | None = None    # set by stages.sweep: tag qdit.sweep on every run of a sweep
+    sweep: str | None = None  # set by stages.sweep: tag qdit.sweep on every run of a sweep
 
 
 @dataclass
@@ -227,6 +227,7 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
 def _check_containers(schema: DictConfig, user: DictConfig, path: Path, prefix: str = "") -> None:
     """A mapping where the schema has a list or a single value, or the reverse: OmegaConf's own
     error for this does not always say which key, so find it first."""
+
     def kind(node) -> str:
         return "a mapping" if OmegaConf.is_dict(node) else "a list" if OmegaConf.is_list(node) else "a single value"
 
@@ -272,39 +273,81 @@ def _positive_ints(cfg: DictConfig, path: Path, keys: list[str]) -> None:
 
 def validate(cfg: DictConfig, path: Path = Path("params.yaml")) -> None:
     """Value checks that the types alone do not express."""
-    _positive_ints(cfg, path, [
-        "model.tiny.num_layers", "model.tiny.num_heads", "model.tiny.head_dim",
-        "model.tiny.patch_size", "model.tiny.train_steps", "model.tiny.batch_size",
-        "model.classifier.epochs", "model.classifier.batch_size",
-        "calibrate.num_samples", "calibrate.steps", "calibrate.batch_size", "calibrate.shard_size",
-        "stats.batch_size", "stats.top_channels",
-        "sample.num_images", "sample.steps", "sample.batch_size", "sample.grid_size",
-        "search.population", "search.top_k", "search.steps", "search.batch_size",
-        "evaluate.batch_size", "evaluate.nearest_k", "evaluate.kid_subsets", "evaluate.kid_subset_size",
-        "sweep.jobs",
-    ])
+    _positive_ints(
+        cfg,
+        path,
+        [
+            "model.tiny.num_layers",
+            "model.tiny.num_heads",
+            "model.tiny.head_dim",
+            "model.tiny.patch_size",
+            "model.tiny.train_steps",
+            "model.tiny.batch_size",
+            "model.classifier.epochs",
+            "model.classifier.batch_size",
+            "calibrate.num_samples",
+            "calibrate.steps",
+            "calibrate.batch_size",
+            "calibrate.shard_size",
+            "stats.batch_size",
+            "stats.top_channels",
+            "sample.num_images",
+            "sample.steps",
+            "sample.batch_size",
+            "sample.grid_size",
+            "search.population",
+            "search.top_k",
+            "search.steps",
+            "search.batch_size",
+            "evaluate.batch_size",
+            "evaluate.nearest_k",
+            "evaluate.kid_subsets",
+            "evaluate.kid_subset_size",
+            "sweep.jobs",
+        ],
+    )
     tiny = cfg.model.tiny
-    _require(8 % tiny.patch_size == 0, path, "model.tiny.patch_size", tiny.patch_size,
-             "a divisor of the 8x8 digit images: 1, 2, 4 or 8")
+    _require(
+        8 % tiny.patch_size == 0,
+        path,
+        "model.tiny.patch_size",
+        tiny.patch_size,
+        "a divisor of the 8x8 digit images: 1, 2, 4 or 8",
+    )
     _require(0 <= tiny.warmup_steps, path, "model.tiny.warmup_steps", tiny.warmup_steps, "an integer >= 0")
     _require(0.0 <= tiny.ema_decay < 1.0, path, "model.tiny.ema_decay", tiny.ema_decay, "0 <= value < 1")
-    _require(0.0 < tiny.class_dropout < 1.0, path, "model.tiny.class_dropout", tiny.class_dropout,
-             "0 < value < 1 (the null label is learnt from these drops)")
+    _require(
+        0.0 < tiny.class_dropout < 1.0,
+        path,
+        "model.tiny.class_dropout",
+        tiny.class_dropout,
+        "0 < value < 1 (the null label is learnt from these drops)",
+    )
     for key in ("model.tiny.learning_rate", "model.classifier.learning_rate"):
         value = OmegaConf.select(cfg, key)
         _require(value > 0, path, key, value, "a number > 0")
     hold = cfg.model.classifier.holdout
     _require(0.0 < hold < 0.5, path, "model.classifier.holdout", hold, "0 < value < 0.5")
-    _require(bool(cfg.model.source.strip()), path, "model.source", cfg.model.source,
-             "'tiny', a local diffusers DiT directory, or a Hugging Face Hub id")
+    _require(
+        bool(cfg.model.source.strip()),
+        path,
+        "model.source",
+        cfg.model.source,
+        "'tiny', a local diffusers DiT directory, or a Hugging Face Hub id",
+    )
     for section in ("calibrate", "sample", "search"):
         sched = cfg[section].scheduler
         _require(sched in SCHEDULERS, path, f"{section}.scheduler", sched, ", ".join(SCHEDULERS))
         steps = cfg[section].steps
         _require(steps <= 1000, path, f"{section}.steps", steps, "1 to 1000 (the training timesteps)")
         scale = cfg[section].guidance_scale
-        _require(scale >= 1.0, path, f"{section}.guidance_scale", scale,
-                 "a number >= 1.0 (1.0 = no classifier-free guidance)")
+        _require(
+            scale >= 1.0,
+            path,
+            f"{section}.guidance_scale",
+            scale,
+            "a number >= 1.0 (1.0 = no classifier-free guidance)",
+        )
     for key in ("calibrate.seed", "sample.seed", "search.image_seed"):
         value = OmegaConf.select(cfg, key)
         _require(0 <= value <= MAX_BASE_SEED, path, key, value, f"0 to {MAX_BASE_SEED} (image seeds are 32-bit)")
@@ -319,23 +362,48 @@ def validate(cfg: DictConfig, path: Path = Path("params.yaml")) -> None:
         value = OmegaConf.select(cfg, key)
         _require(value in SUPPORTED_BITS or value == 16, path, key, value, bits_ok)
     _require(q.weight.group_size >= 1, path, "quant.weight.group_size", q.weight.group_size, "an integer >= 1")
-    _require(q.act.group_size is None or q.act.group_size >= 1, path, "quant.act.group_size", q.act.group_size,
-             "null (the weights' group size) or an integer >= 1")
+    _require(
+        q.act.group_size is None or q.act.group_size >= 1,
+        path,
+        "quant.act.group_size",
+        q.act.group_size,
+        "null (the weights' group size) or an integer >= 1",
+    )
     modes = ("auto",) + tuple(m for m in ACT_MODES if m != "none")
     _require(q.act.mode in modes, path, "quant.act.mode", q.act.mode, ", ".join(modes))
     _require(len(q.include) > 0, path, "quant.include", list(q.include), "one or more module-name patterns")
-    _require(not (q.weight.gptq and q.weight.bits == 16), path, "quant.weight.gptq", q.weight.gptq,
-             "false when quant.weight.bits is 16 (nothing to round)")
+    _require(
+        not (q.weight.gptq and q.weight.bits == 16),
+        path,
+        "quant.weight.gptq",
+        q.weight.gptq,
+        "false when quant.weight.bits is 16 (nothing to round)",
+    )
     _require(0 < q.gptq.damp < 1, path, "quant.gptq.damp", q.gptq.damp, "0 < value < 1")
     _positive_ints(cfg, path, ["quant.gptq.block_size", "quant.gptq.batch_size"])
     sr = cfg.search
     _require(sr.fitness in FITNESSES, path, "search.fitness", sr.fitness, ", ".join(FITNESSES))
-    _require(sr.budget_metric in BUDGET_METRICS, path, "search.budget_metric", sr.budget_metric,
-             "bitops (GBOPs per image per denoiser forward) or size (MB of the quantized layers)")
-    _require(sr.budget is None or sr.budget > 0, path, "search.budget", sr.budget,
-             "null (the cost of the uniform quant.weight.group_size plan) or a number > 0")
-    _require(len(sr.group_sizes) > 0 and all(g >= 1 for g in sr.group_sizes), path, "search.group_sizes",
-             list(sr.group_sizes), "a non-empty list of integers >= 1")
+    _require(
+        sr.budget_metric in BUDGET_METRICS,
+        path,
+        "search.budget_metric",
+        sr.budget_metric,
+        "bitops (GBOPs per image per denoiser forward) or size (MB of the quantized layers)",
+    )
+    _require(
+        sr.budget is None or sr.budget > 0,
+        path,
+        "search.budget",
+        sr.budget,
+        "null (the cost of the uniform quant.weight.group_size plan) or a number > 0",
+    )
+    _require(
+        len(sr.group_sizes) > 0 and all(g >= 1 for g in sr.group_sizes),
+        path,
+        "search.group_sizes",
+        list(sr.group_sizes),
+        "a non-empty list of integers >= 1",
+    )
     _require(0.0 <= sr.mutation_prob <= 1.0, path, "search.mutation_prob", sr.mutation_prob, "0 <= value <= 1")
     for key in ("search.mutations", "search.crossovers", "search.generations", "search.seed"):
         value = OmegaConf.select(cfg, key)
@@ -349,11 +417,13 @@ def validate(cfg: DictConfig, path: Path = Path("params.yaml")) -> None:
     _require(tr.strategy in STRATEGIES, path, "trainer.strategy", tr.strategy, ", ".join(STRATEGIES))
     _require(tr.precision in PRECISIONS, path, "trainer.precision", tr.precision, ", ".join(PRECISIONS))
     devices = tr.devices
-    ok = devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool)
-                               and (devices >= 1 or devices == -1))
+    ok = devices == "auto" or (
+        isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1)
+    )
     _require(ok, path, "trainer.devices", devices, "'auto', -1 (all) or an integer >= 1")
-    _require(bool(cfg.tracking.experiment.strip()), path, "tracking.experiment", cfg.tracking.experiment,
-             "a non-empty name")
+    _require(
+        bool(cfg.tracking.experiment.strip()), path, "tracking.experiment", cfg.tracking.experiment, "a non-empty name"
+    )
     _validate_sweep(cfg.sweep, path)
     _validate_across_sections(cfg, path)
 
@@ -368,25 +438,41 @@ def _validate_across_sections(cfg: DictConfig, path: Path) -> None:
         divisors = ", ".join(str(d) for d in range(1, hidden + 1) if hidden % d == 0)
         for key in ("quant.weight.group_size", "quant.act.group_size"):
             g = OmegaConf.select(cfg, key)
-            _require(g is None or hidden % g == 0, path, key, g,
-                     f"a divisor of the embedded DiT's hidden size {hidden} "
-                     f"(model.tiny.num_heads x head_dim): {divisors}")
+            _require(
+                g is None or hidden % g == 0,
+                path,
+                key,
+                g,
+                f"a divisor of the embedded DiT's hidden size {hidden} (model.tiny.num_heads x head_dim): {divisors}",
+            )
     if grouped and sr.enabled:
-        _require(q.weight.group_size in sr.group_sizes, path, "search.group_sizes", list(sr.group_sizes),
-                 f"a list that includes quant.weight.group_size = {q.weight.group_size} (the search starts "
-                 "from that uniform plan)")
+        _require(
+            q.weight.group_size in sr.group_sizes,
+            path,
+            "search.group_sizes",
+            list(sr.group_sizes),
+            f"a list that includes quant.weight.group_size = {q.weight.group_size} (the search starts "
+            "from that uniform plan)",
+        )
     if isinstance(tr.devices, int) and tr.devices > 1:
-        counts = ["calibrate.num_samples", "sample.num_images"] + \
-                 (["search.num_images"] if sr.enabled and sr.fitness != "mse" else [])
+        counts = ["calibrate.num_samples", "sample.num_images"] + (
+            ["search.num_images"] if sr.enabled and sr.fitness != "mse" else []
+        )
         for key in counts:
             n = OmegaConf.select(cfg, key)
-            _require(n >= tr.devices, path, key, n,
-                     f"at least trainer.devices = {tr.devices} (every device needs one item)")
+            _require(
+                n >= tr.devices, path, key, n, f"at least trainer.devices = {tr.devices} (every device needs one item)"
+            )
 
 
 def _validate_sweep(sw: DictConfig, path: Path) -> None:
-    _require(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.]*", sw.name)), path, "sweep.name", sw.name,
-             "letters, digits, '_' and '.' (it prefixes DVC experiment names)")
+    _require(
+        bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.]*", sw.name)),
+        path,
+        "sweep.name",
+        sw.name,
+        "letters, digits, '_' and '.' (it prefixes DVC experiment names)",
+    )
     for key, values in (("sweep.bits", sw.bits), ("sweep.ablation_bits", sw.ablation_bits)):
         for b in values:
             try:
@@ -395,12 +481,27 @@ def _validate_sweep(sw: DictConfig, path: Path) -> None:
                 raise UserError(f"{path}: {key}: {e}") from None
             ok = w in SUPPORTED_BITS and (a in SUPPORTED_BITS or a == 16)
             _require(ok, path, key, b, "W<w>A<a> with w from 2 to 8 and a from 2 to 8 or 16, e.g. W4A8")
-    _require(len(sw.bits) + len(sw.ablation_bits) > 0, path, "sweep.bits", list(sw.bits),
-             "one or more bit settings (here or in sweep.ablation_bits)")
-    _require(len(sw.methods) > 0 and all(m in ABLATION_METHODS for m in sw.methods), path, "sweep.methods",
-             list(sw.methods), ", ".join(ABLATION_METHODS))
-    _require(len(sw.seeds) > 0 and all(0 <= s <= 1000 for s in sw.seeds) and len(set(sw.seeds)) == len(sw.seeds),
-             path, "sweep.seeds", list(sw.seeds), "distinct integers from 0 to 1000")
+    _require(
+        len(sw.bits) + len(sw.ablation_bits) > 0,
+        path,
+        "sweep.bits",
+        list(sw.bits),
+        "one or more bit settings (here or in sweep.ablation_bits)",
+    )
+    _require(
+        len(sw.methods) > 0 and all(m in ABLATION_METHODS for m in sw.methods),
+        path,
+        "sweep.methods",
+        list(sw.methods),
+        ", ".join(ABLATION_METHODS),
+    )
+    _require(
+        len(sw.seeds) > 0 and all(0 <= s <= 1000 for s in sw.seeds) and len(set(sw.seeds)) == len(sw.seeds),
+        path,
+        "sweep.seeds",
+        list(sw.seeds),
+        "distinct integers from 0 to 1000",
+    )
 
 
 def section(cfg: DictConfig, name: str) -> dict:

@@ -46,8 +46,16 @@ class QuantizedDiT:
         return next(p for p in self.model.transformer.parameters()).dtype
 
     @torch.inference_mode()
-    def generate(self, class_labels, *, steps: int = 50, guidance_scale: float = 1.0, seed: int = 0,
-                 scheduler: str = "ddim", batch_size: int = 64) -> np.ndarray:
+    def generate(
+        self,
+        class_labels,
+        *,
+        steps: int = 50,
+        guidance_scale: float = 1.0,
+        seed: int = 0,
+        scheduler: str = "ddim",
+        batch_size: int = 64,
+    ) -> np.ndarray:
         """uint8 images [N, H, W, C], one per label."""
         m = self.model
         labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
@@ -58,9 +66,15 @@ class QuantizedDiT:
             index = torch.arange(start, min(len(labels), start + batch_size))
             gens = generators(seed, index)
             noise = initial_noise(gens, m.latent_shape, torch.float32).to(self.device, self.dtype)
-            x0 = denoise(m.transformer, make_scheduler(scheduler, m.scheduler_config, steps), noise,
-                         labels[index].to(self.device), guidance_scale=guidance_scale, null_label=m.null_label,
-                         gens=gens)
+            x0 = denoise(
+                m.transformer,
+                make_scheduler(scheduler, m.scheduler_config, steps),
+                noise,
+                labels[index].to(self.device),
+                guidance_scale=guidance_scale,
+                null_label=m.null_label,
+                gens=gens,
+            )
             out.append(to_uint8(decode(x0, m.vae)))
         return torch.cat(out).numpy()
 
@@ -69,15 +83,24 @@ class QuantizedDiT:
         from diffusers import DDIMScheduler, DiTPipeline
 
         if self.model.vae is None:
-            raise UserError("this model samples in pixel space and has no VAE, which diffusers' DiTPipeline "
-                            "needs (the embedded digits DiT): use generate()")
-        return DiTPipeline(transformer=self.model.transformer, vae=self.model.vae,
-                           scheduler=DDIMScheduler.from_config(self.model.scheduler_config))
+            raise UserError(
+                "this model samples in pixel space and has no VAE, which diffusers' DiTPipeline "
+                "needs (the embedded digits DiT): use generate()"
+            )
+        return DiTPipeline(
+            transformer=self.model.transformer,
+            vae=self.model.vae,
+            scheduler=DDIMScheduler.from_config(self.model.scheduler_config),
+        )
 
 
-def load_quantized_dit(model_dir: str | Path = "data/model", quant_dir: str | Path = "data/quant",
-                       device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
-                       backend: str = "fake") -> QuantizedDiT:
+def load_quantized_dit(
+    model_dir: str | Path = "data/model",
+    quant_dir: str | Path = "data/quant",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    backend: str = "fake",
+) -> QuantizedDiT:
     """The FP model of `model_dir` with the quantized layers of `quant_dir`, on `device` in `dtype`,
     computed by `backend` (see pipeline/quant/backends.py)."""
     fp = load_fp_model(model_dir)

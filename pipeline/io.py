@@ -14,13 +14,13 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from pipeline.errors import UserError, first_line
-
 
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
@@ -28,8 +28,10 @@ _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 def raise_if_no_space(e: OSError, target: Path) -> None:
     """A full disk (or quota, or file-size limit) while writing `target`: one clear message."""
     if e.errno in _NO_SPACE:
-        raise UserError(f"could not write {target}: {e.strerror} (is the disk full?); nothing was written, "
-                        "free some space and rerun") from e
+        raise UserError(
+            f"could not write {target}: {e.strerror} (is the disk full?); nothing was written, "
+            "free some space and rerun"
+        ) from e
 
 
 def remove_stale_temps(target: Path) -> None:
@@ -147,12 +149,15 @@ def read_images(path: str | Path) -> dict[str, np.ndarray]:
         raise UserError(f"{path}: image set is corrupt or incomplete ({e}); rerun its stage") from None
     n = len(out["images"])
     if out["images"].dtype != np.uint8 or out["images"].ndim != 4 or len(out["labels"]) != n:
-        raise UserError(f"{path}: image set has unexpected layout {out['images'].shape} "
-                        f"{out['images'].dtype}; expected uint8 [N, H, W, C] with N labels")
+        raise UserError(
+            f"{path}: image set has unexpected layout {out['images'].shape} "
+            f"{out['images'].dtype}; expected uint8 [N, H, W, C] with N labels"
+        )
     return out
 
 
 # --- calibration shards (webdataset) --------------------------------------------------------
+
 
 def write_calibration_shards(out_dir: Path, records: dict[str, np.ndarray], shard_size: int) -> list[dict]:
     """Write records (x [N,...] float32, t, y, step, trajectory int64 [N]) as tar shards.
@@ -168,14 +173,16 @@ def write_calibration_shards(out_dir: Path, records: dict[str, np.ndarray], shar
         stop = min(start + shard_size, n)
         with wds.TarWriter(str(out_dir / name), mtime=0) as sink:  # fixed mtime: reproducible bytes
             for i in range(start, stop):
-                sink.write({
-                    "__key__": f"{i:08d}",
-                    "x.npy": records["x"][i].astype(np.float32),
-                    "t.cls": int(records["t"][i]),
-                    "y.cls": int(records["y"][i]),
-                    "step.cls": int(records["step"][i]),
-                    "traj.cls": int(records["trajectory"][i]),
-                })
+                sink.write(
+                    {
+                        "__key__": f"{i:08d}",
+                        "x.npy": records["x"][i].astype(np.float32),
+                        "t.cls": int(records["t"][i]),
+                        "y.cls": int(records["y"][i]),
+                        "step.cls": int(records["step"][i]),
+                        "traj.cls": int(records["trajectory"][i]),
+                    }
+                )
         shards.append({"file": name, "count": stop - start, "sha256": sha256(out_dir / name)})
     return shards
 
@@ -192,8 +199,9 @@ def read_calibration(calib_dir: str | Path) -> tuple[dict[str, np.ndarray], dict
         if not path.is_file():
             raise UserError(f"{path}: calibration shard listed in manifest.json is missing; rerun `calibrate`")
         if sha256(path) != shard["sha256"]:
-            raise UserError(f"{path}: calibration shard is corrupt (checksum differs from manifest.json); "
-                            "rerun `calibrate`")
+            raise UserError(
+                f"{path}: calibration shard is corrupt (checksum differs from manifest.json); rerun `calibrate`"
+            )
         try:
             samples = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False).decode())
         except Exception as e:
@@ -212,8 +220,8 @@ def read_calibration(calib_dir: str | Path) -> tuple[dict[str, np.ndarray], dict
     return records, manifest
 
 
-
 # --- quantized model ------------------------------------------------------------------------
+
 
 def write_safetensors(path: Path, tensors: dict) -> None:
     """safetensors through memory, so a full disk is the OSError it is (the library reports a

@@ -91,8 +91,9 @@ def group_sizes(layers: dict[str, int], path: Path, title: str) -> None:
     cells: dict[tuple[str, str], int] = {}
     for name, g in layers.items():
         parts = name.split(".")
-        block, kind = (parts[1], ".".join(parts[2:])) if parts[0] == "transformer_blocks" and len(parts) > 2 \
-            else ("-", name)
+        block, kind = (
+            (parts[1], ".".join(parts[2:])) if parts[0] == "transformer_blocks" and len(parts) > 2 else ("-", name)
+        )
         cells[(kind, block)] = g
     kinds = list(dict.fromkeys(k for k, _ in cells))
     blocks = sorted({b for _, b in cells}, key=lambda b: (not b.isdigit(), int(b) if b.isdigit() else 0, b))
@@ -128,8 +129,13 @@ def search_progress(history: list[dict], base_fitness: float, fitness_name: str,
     _save(fig, path)
 
 
-def metric_vs_bits(series: dict[str, dict[str, tuple[float, float]]], bits_order: list[str],
-                   fp: tuple[float, float] | None, path: Path, metrics: list[tuple[str, str]]) -> None:
+def metric_vs_bits(
+    series: dict[str, dict[str, tuple[float, float]]],
+    bits_order: list[str],
+    fp: tuple[float, float] | None,
+    path: Path,
+    metrics: list[tuple[str, str]],
+) -> None:
     """One panel per metric: mean +- std over seeds against the bit setting, one line per
     method; the FP model as a dashed band. series[metric][method] = {bits: (mean, std)}."""
     plt = _pyplot()
@@ -140,8 +146,14 @@ def metric_vs_bits(series: dict[str, dict[str, tuple[float, float]]], bits_order
     for ax, (key, title) in zip(axes[0], metrics):
         for method, points in series[key].items():
             bs = [b for b in bits_order if b in points]
-            ax.errorbar([x[b] for b in bs], [points[b][0] for b in bs], yerr=[points[b][1] for b in bs],
-                        marker="o", capsize=3, label=method)
+            ax.errorbar(
+                [x[b] for b in bs],
+                [points[b][0] for b in bs],
+                yerr=[points[b][1] for b in bs],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
         if fp is not None and key == metrics[0][0]:
             ax.axhline(fp[0], color="k", ls="--", lw=1, label="FP")
             ax.axhspan(fp[0] - fp[1], fp[0] + fp[1], color="k", alpha=0.08)
@@ -164,8 +176,14 @@ def group_sizes_by_setting(plans: dict[str, dict[str, int]], path: Path, title: 
     for k, (label, plan) in enumerate(plans.items()):
         xs = [i for i, name in enumerate(layers) if name in plan]
         # a small vertical offset per setting keeps equal choices visible
-        ax.plot(xs, [np.log2(plan[layers[i]]) + 0.06 * (k - (len(plans) - 1) / 2) for i in xs],
-                marker="o", ms=4, lw=0.8, label=label)
+        ax.plot(
+            xs,
+            [np.log2(plan[layers[i]]) + 0.06 * (k - (len(plans) - 1) / 2) for i in xs],
+            marker="o",
+            ms=4,
+            lw=0.8,
+            label=label,
+        )
     short = [".".join(n.split(".")[1:]).replace("attn1.", "").replace("ff.net.", "ff") for n in layers]
     ax.set_xticks(range(len(layers)), short, rotation=90, fontsize=6)
     sizes = sorted({g for plan in plans.values() for g in plan.values()})
@@ -182,8 +200,9 @@ def sample_panels(panels: dict[str, dict[str, np.ndarray]], columns: list[str], 
     same seeds in every cell, so a cell differs from FP only by quantization."""
     plt = _pyplot()
     rows = list(panels)
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.9 * len(columns), 1.9 * len(rows) + 0.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(columns), figsize=(1.9 * len(columns), 1.9 * len(rows) + 0.4), squeeze=False
+    )
     for i, row in enumerate(rows):
         for j, col in enumerate(columns):
             ax = axes[i][j]
@@ -194,11 +213,11 @@ def sample_panels(panels: dict[str, dict[str, np.ndarray]], columns: list[str], 
             if images is None:
                 continue
             k = max(1, min(n, int(np.sqrt(len(images)))))
-            cells = np.pad(images[:k * k], ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=128)
+            cells = np.pad(images[: k * k], ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=128)
             _, h, w, c = cells.shape
             grid = cells.reshape(k, k, h, w, c).transpose(0, 2, 1, 3, 4).reshape(k * h, k * w, c)
-            ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None,
-                      interpolation="nearest")
-        axes[i][0].text(-0.08, 0.5, row, transform=axes[i][0].transAxes, rotation=90, ha="right",
-                        va="center", fontsize=9)
+            ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
+        axes[i][0].text(
+            -0.08, 0.5, row, transform=axes[i][0].transAxes, rotation=90, ha="right", va="center", fontsize=9
+        )
     _save(fig, path)

@@ -63,8 +63,14 @@ def params_sha256(cfg, keys: list[str]) -> str:
 
 
 def record(cfg, stage: str, keys: list[str], seeds: dict[str, int], model: str | None) -> dict:
-    return {"stage": stage, "code_sha256": code_sha256(), "params_sha256": params_sha256(cfg, keys),
-            "params": list(keys), "seeds": {k: int(v) for k, v in seeds.items()}, "model": model}
+    return {
+        "stage": stage,
+        "code_sha256": code_sha256(),
+        "params_sha256": params_sha256(cfg, keys),
+        "params": list(keys),
+        "seeds": {k: int(v) for k, v in seeds.items()},
+        "model": model,
+    }
 
 
 def model_fingerprint(model_dir: Path) -> str | None:
@@ -85,6 +91,8 @@ def require_same_model(inputs: dict[str, dict | None], model_dir: Path) -> None:
     for path, content in inputs.items():
         made = ((content or {}).get("provenance") or {}).get("model")
         if current and made and made != current:
-            raise UserError(f"{path} was made from another FP model (fingerprint {made}) than the one in "
-                            f"{model_dir} ({current}): rerun the stages after `model` (`dvc repro`), or "
-                            "restore the model it was made from")
+            raise UserError(
+                f"{path} was made from another FP model (fingerprint {made}) than the one in "
+                f"{model_dir} ({current}): rerun the stages after `model` (`dvc repro`), or "
+                "restore the model it was made from"
+            )

@@ -11,9 +11,14 @@ from pipeline.ablation import LABELS, METHODS, bits_label, method_of
 
 # (metric key, column header, decimals); the FP row reads `<key>_fp_model`
 COLUMNS = [
-    ("size_mb", "Size (MB)", 2), ("fid", "FID ↓", 2), ("sfid", "sFID ↓", 2), ("is", "IS ↑", 2),
-    ("precision", "Precision ↑", 3), ("recall", "Recall ↑", 3),
-    ("fid_fp", "FID to FP ↓", 3), ("psnr_fp", "PSNR to FP (dB) ↑", 1),
+    ("size_mb", "Size (MB)", 2),
+    ("fid", "FID ↓", 2),
+    ("sfid", "sFID ↓", 2),
+    ("is", "IS ↑", 2),
+    ("precision", "Precision ↑", 3),
+    ("recall", "Recall ↑", 3),
+    ("fid_fp", "FID to FP ↓", 3),
+    ("psnr_fp", "PSNR to FP (dB) ↑", 1),
 ]
 FP = "fp"
 
@@ -67,8 +72,16 @@ def rows(records: list[Record], bits_order: list[str] | None = None) -> list[Row
         for method in list(METHODS) + sorted({r.method for r in records} - set(METHODS)):
             group = [r for r in records if r.bits == bits and r.method == method]
             if group:
-                out.append(Row(bits, method, {key: [float(r.metrics[key]) for r in group
-                                                    if r.metrics.get(key) is not None] for key, _, _ in COLUMNS}))
+                out.append(
+                    Row(
+                        bits,
+                        method,
+                        {
+                            key: [float(r.metrics[key]) for r in group if r.metrics.get(key) is not None]
+                            for key, _, _ in COLUMNS
+                        },
+                    )
+                )
     return out
 
 

@@ -8,7 +8,7 @@ a step callback exposes every x_t for calibration.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -38,10 +38,17 @@ def guided_inputs(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guided: boo
 
 
 @torch.no_grad()
-def denoise(transformer, scheduler, latents: torch.Tensor, labels: torch.Tensor, *,
-            guidance_scale: float, null_label: int,
-            gens: list[torch.Generator] | None = None,
-            on_step: StepCallback | None = None) -> torch.Tensor:
+def denoise(
+    transformer,
+    scheduler,
+    latents: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    guidance_scale: float,
+    null_label: int,
+    gens: list[torch.Generator] | None = None,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
     """Run the reverse process from `latents` (x_T) and return x_0 (latent or pixel space).
 
     `on_step(step_index, t, x_t)` sees the model input of every step (before scaling).

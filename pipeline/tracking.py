@@ -31,8 +31,10 @@ def run_group(cfg: DictConfig) -> str:
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
+        return (
+            subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -51,13 +53,13 @@ _SQLITE = "sqlite:///"
 def absolute_uri(uri: str) -> str:
     """A relative sqlite path made absolute (from the current directory)."""
     if uri.startswith(_SQLITE) and not uri.startswith(_SQLITE + "/"):
-        return _SQLITE + str(Path(uri[len(_SQLITE):]).resolve())
+        return _SQLITE + str(Path(uri[len(_SQLITE) :]).resolve())
     return uri
 
 
 def _artifact_root(uri: str) -> str:
     """Artifacts beside an sqlite db (never ./mlruns, which MLflow 3 refuses)."""
-    base = Path(uri[len(_SQLITE):]).resolve().parent if uri.startswith(_SQLITE) else Path.cwd()
+    base = Path(uri[len(_SQLITE) :]).resolve().parent if uri.startswith(_SQLITE) else Path.cwd()
     return (base / "mlartifacts").as_uri()
 
 
@@ -81,15 +83,20 @@ def _log_series(mlflow, run_id: str, series: dict[str, list[float]]) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    entries = [Metric(name, float(v), now, step) for name, values in series.items()
-               for step, v in enumerate(values)]
+    entries = [Metric(name, float(v), now, step) for name, values in series.items() for step, v in enumerate(values)]
     client = mlflow.MlflowClient()
     for start in range(0, len(entries), 1000):  # MLflow's batch limit
-        client.log_batch(run_id, metrics=entries[start:start + 1000])
+        client.log_batch(run_id, metrics=entries[start : start + 1000])
 
 
-def log_stage(cfg: DictConfig, stage: str, params: dict[str, Any], metrics: dict[str, Any],
-              artifacts: list[Path] = (), series: dict[str, list[float]] | None = None) -> str | None:
+def log_stage(
+    cfg: DictConfig,
+    stage: str,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    artifacts: list[Path] = (),
+    series: dict[str, list[float]] | None = None,
+) -> str | None:
     """Record one stage execution; returns the run id (None when tracking is disabled)."""
     if not cfg.tracking.enabled:
         return None
@@ -97,8 +104,9 @@ def log_stage(cfg: DictConfig, stage: str, params: dict[str, Any], metrics: dict
     try:
         import mlflow
     except ImportError:
-        raise UserError("tracking.enabled is true but mlflow is not installed; install it or set "
-                        "tracking.enabled: false") from None
+        raise UserError(
+            "tracking.enabled is true but mlflow is not installed; install it or set tracking.enabled: false"
+        ) from None
     uri = tracking_uri(cfg)
     with _db_lock(uri):
         return _log(mlflow, cfg, uri, stage, params, metrics, artifacts, series)
@@ -116,7 +124,7 @@ def _db_lock(uri: str):
     except ImportError:  # pragma: no cover - Windows: no lock
         yield
         return
-    db = Path(uri[len(_SQLITE):])
+    db = Path(uri[len(_SQLITE) :])
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -143,8 +151,9 @@ def _create_db(path: Path, uri: str) -> None:
     os.replace(tmp, path)
 
 
-def _log(mlflow, cfg: DictConfig, uri: str, stage: str, params: dict[str, Any], metrics: dict[str, Any],
-         artifacts, series) -> str:
+def _log(
+    mlflow, cfg: DictConfig, uri: str, stage: str, params: dict[str, Any], metrics: dict[str, Any], artifacts, series
+) -> str:
     mlflow.set_tracking_uri(uri)
     tags = {
         "qdit.stage": stage,
@@ -157,8 +166,9 @@ def _log(mlflow, cfg: DictConfig, uri: str, stage: str, params: dict[str, Any], 
         tags["qdit.dvc_exp"] = os.environ["DVC_EXP_NAME"]
     if cfg.tracking.sweep:
         tags["qdit.sweep"] = cfg.tracking.sweep
-    with mlflow.start_run(experiment_id=_experiment_id(mlflow, cfg.tracking.experiment, uri),
-                          run_name=stage, tags=tags) as run:
+    with mlflow.start_run(
+        experiment_id=_experiment_id(mlflow, cfg.tracking.experiment, uri), run_name=stage, tags=tags
+    ) as run:
         mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
         scalars = {k: float(v) for k, v in metrics.items() if v is not None}
         if scalars:

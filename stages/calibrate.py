@@ -24,11 +24,13 @@ def run(cfg, args) -> None:
     c = cfg.calibrate
     fp = load_fp_model(MODEL)
     record_step = stratified_steps(c.num_samples, c.steps, c.seed)
-    module = CalibrationModule(fp, record_step=record_step, scheduler=c.scheduler, steps=c.steps,
-                               guidance_scale=c.guidance_scale, seed=c.seed)
+    module = CalibrationModule(
+        fp, record_step=record_step, scheduler=c.scheduler, steps=c.steps, guidance_scale=c.guidance_scale, seed=c.seed
+    )
     start = time.time()
-    preds, _, is_main = run_predict(module, IndexDataset(c.num_samples), c.batch_size, cfg.trainer,
-                                    DATA / ".parts-calibrate")
+    preds, _, is_main = run_predict(
+        module, IndexDataset(c.num_samples), c.batch_size, cfg.trainer, DATA / ".parts-calibrate"
+    )
     if not is_main:
         return
     seconds = time.time() - start
@@ -36,24 +38,30 @@ def run(cfg, args) -> None:
     timesteps = make_scheduler(c.scheduler, fp.scheduler_config, c.steps).timesteps.tolist()
     with atomic_dir(CALIB) as tmp:
         shards = write_calibration_shards(tmp, records, c.shard_size)
-        write_json(tmp / "manifest.json", {
-            "count": int(len(records["x"])),
-            "x_shape": list(records["x"].shape[1:]),
-            "seed": int(c.seed),
-            "scheduler": c.scheduler,
-            "steps": int(c.steps),
-            "guidance_scale": float(c.guidance_scale),
-            "null_label": fp.null_label,
-            "timesteps": [int(t) for t in timesteps],
-            "records_per_step": np.bincount(records["step"], minlength=c.steps).tolist(),
-            "labels_histogram": np.bincount(records["y"], minlength=fp.num_classes).tolist(),
-            "shards": shards,
-            "provenance": provenance(cfg, "calibrate"),
-        })
-    log_stage(cfg, "calibrate", flat(cfg, ["calibrate", "trainer"]),
-              {"seconds": seconds, "records": len(records["x"]),
-               "image_steps_per_s": c.num_samples * c.steps / seconds},
-              [CALIB / "manifest.json"])
+        write_json(
+            tmp / "manifest.json",
+            {
+                "count": int(len(records["x"])),
+                "x_shape": list(records["x"].shape[1:]),
+                "seed": int(c.seed),
+                "scheduler": c.scheduler,
+                "steps": int(c.steps),
+                "guidance_scale": float(c.guidance_scale),
+                "null_label": fp.null_label,
+                "timesteps": [int(t) for t in timesteps],
+                "records_per_step": np.bincount(records["step"], minlength=c.steps).tolist(),
+                "labels_histogram": np.bincount(records["y"], minlength=fp.num_classes).tolist(),
+                "shards": shards,
+                "provenance": provenance(cfg, "calibrate"),
+            },
+        )
+    log_stage(
+        cfg,
+        "calibrate",
+        flat(cfg, ["calibrate", "trainer"]),
+        {"seconds": seconds, "records": len(records["x"]), "image_steps_per_s": c.num_samples * c.steps / seconds},
+        [CALIB / "manifest.json"],
+    )
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -27,16 +27,34 @@ SAMPLES_FP = DATA / "samples_fp"
 METRICS = Path("metrics.json")
 PLOTS = Path("plots")
 
-_QUANT = ["quant.method", "quant.weight", "quant.act", "quant.attn_bits", "quant.include", "quant.exclude",
-          "quant.plan", "quant.gptq"]
+_QUANT = [
+    "quant.method",
+    "quant.weight",
+    "quant.act",
+    "quant.attn_bits",
+    "quant.include",
+    "quant.exclude",
+    "quant.plan",
+    "quant.gptq",
+]
 # each stage's parameters, as dvc.yaml lists them (tests/stages/test_provenance.py compares), and its seeds
 STAGE_PARAMS = {
-    "model": ["model"], "calibrate": ["calibrate"], "stats": ["stats"],
-    "search": ["search", *_QUANT, "evaluate"], "quantize": _QUANT,
-    "sample_fp": ["sample"], "sample": ["sample", "quant.backend"], "evaluate": ["evaluate"],
+    "model": ["model"],
+    "calibrate": ["calibrate"],
+    "stats": ["stats"],
+    "search": ["search", *_QUANT, "evaluate"],
+    "quantize": _QUANT,
+    "sample_fp": ["sample"],
+    "sample": ["sample", "quant.backend"],
+    "evaluate": ["evaluate"],
 }
-STAGE_SEEDS = {"model": ["model.seed"], "calibrate": ["calibrate.seed"], "search": ["search.seed", "search.image_seed"],
-               "sample_fp": ["sample.seed"], "sample": ["sample.seed"]}
+STAGE_SEEDS = {
+    "model": ["model.seed"],
+    "calibrate": ["calibrate.seed"],
+    "search": ["search.seed", "search.image_seed"],
+    "sample_fp": ["sample.seed"],
+    "sample": ["sample.seed"],
+}
 
 
 def provenance(cfg, stage: str) -> dict:
@@ -70,8 +88,10 @@ def read_calibration_for(fp) -> tuple[dict, dict]:
 
     records, manifest = read_calibration(CALIB)
     if manifest["x_shape"] != list(fp.latent_shape):
-        raise UserError(f"{CALIB}: calibration samples have shape {manifest['x_shape']}, the model in "
-                        f"{MODEL} expects {list(fp.latent_shape)}; rerun `calibrate` for this model")
+        raise UserError(
+            f"{CALIB}: calibration samples have shape {manifest['x_shape']}, the model in "
+            f"{MODEL} expects {list(fp.latent_shape)}; rerun `calibrate` for this model"
+        )
     return records, manifest
 
 
@@ -86,15 +106,23 @@ def calibration_batches(fp, device, batch_size: int) -> list[dict]:
     x, t, y = (torch.from_numpy(records[k]) for k in ("x", "t", "y"))
     batches = []
     for i in range(0, len(x), batch_size):
-        kw = guided_inputs(x[i:i + batch_size], t[i:i + batch_size], y[i:i + batch_size],
-                           manifest["guidance_scale"] > 1.0, fp.null_label)
+        kw = guided_inputs(
+            x[i : i + batch_size],
+            t[i : i + batch_size],
+            y[i : i + batch_size],
+            manifest["guidance_scale"] > 1.0,
+            fp.null_label,
+        )
         batches.append({k: v.to(device, dtype if k == "hidden_states" else None) for k, v in kw.items()})
     return batches
 
 
-def main(stage: str, body: Callable[[DictConfig, argparse.Namespace], None],
-         add_args: Callable[[argparse.ArgumentParser], None] | None = None,
-         argv: list[str] | None = None) -> None:
+def main(
+    stage: str,
+    body: Callable[[DictConfig, argparse.Namespace], None],
+    add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv: list[str] | None = None,
+) -> None:
     """Parse arguments, validate params.yaml, run the body; UserError -> message, exit 2."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")

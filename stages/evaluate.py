@@ -36,9 +36,11 @@ def run(cfg, args) -> None:
     samples = read_images(SAMPLES / "images.npz")
     fp = read_images(SAMPLES_FP / "images.npz")
     if not np.array_equal(samples["seeds"], fp["seeds"]) or samples["images"].shape != fp["images"].shape:
-        raise UserError(f"{SAMPLES} and {SAMPLES_FP} were not generated with the same seeds and "
-                        f"sizes ({samples['images'].shape} vs {fp['images'].shape}); rerun both "
-                        "sampling stages with the same sample.* parameters")
+        raise UserError(
+            f"{SAMPLES} and {SAMPLES_FP} were not generated with the same seeds and "
+            f"sizes ({samples['images'].shape} vs {fp['images'].shape}); rerun both "
+            "sampling stages with the same sample.* parameters"
+        )
     quant = read_json(QUANT / "quant.json", "quantization summary")
     kind = resolve_kind(e.features, info)
     extractor = build_extractor(kind, MODEL, e.inception_weights)
@@ -58,17 +60,33 @@ def run(cfg, args) -> None:
         "psnr_fp": psnr(samples["images"], fp["images"]),
         "ssim_fp": ssim(samples["images"], fp["images"]),
         "num_images": int(len(samples["images"])),
-        "size_mb": quant["size_mb"], "fp16_size_mb": quant["fp16_size_mb"],
+        "size_mb": quant["size_mb"],
+        "fp16_size_mb": quant["fp16_size_mb"],
     }
     missing = [k for k, v in metrics.items() if v is None]
     if missing:
-        print(f"[evaluate] {', '.join(missing)}: null, the reference {e.reference!r} holds statistics "
-              "but no images (KID and precision/recall compare image features)")
-    write_json(METRICS, metrics | {"features": kind, "reference": e.reference, "quant": quant["method"],
-                                   "provenance": provenance(cfg, "evaluate")})
+        print(
+            f"[evaluate] {', '.join(missing)}: null, the reference {e.reference!r} holds statistics "
+            "but no images (KID and precision/recall compare image features)"
+        )
+    write_json(
+        METRICS,
+        metrics
+        | {
+            "features": kind,
+            "reference": e.reference,
+            "quant": quant["method"],
+            "provenance": provenance(cfg, "evaluate"),
+        },
+    )
     print("[evaluate] " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if v is not None))
-    log_stage(cfg, "evaluate", flat(cfg, ["evaluate", "sample", "quant", "search", "calibrate"]),
-              metrics | {"seconds": time.time() - start}, [METRICS, SAMPLES / "grid.png"])
+    log_stage(
+        cfg,
+        "evaluate",
+        flat(cfg, ["evaluate", "sample", "quant", "search", "calibrate"]),
+        metrics | {"seconds": time.time() - start},
+        [METRICS, SAMPLES / "grid.png"],
+    )
 
 
 def cli(argv: list[str] | None = None) -> None:

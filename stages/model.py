@@ -32,22 +32,37 @@ def run(cfg, args) -> None:
         torch.manual_seed(m.seed)
         transformer = tiny.build_tiny_dit(t.num_layers, t.num_heads, t.head_dim, t.patch_size)
         transformer, losses = tiny.train_tiny_dit(
-            transformer, tiny.to_model_range(images), torch.from_numpy(labels),
-            steps=t.train_steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
-            warmup_steps=t.warmup_steps, ema_decay=t.ema_decay, class_dropout=t.class_dropout,
-            seed=m.seed)
+            transformer,
+            tiny.to_model_range(images),
+            torch.from_numpy(labels),
+            steps=t.train_steps,
+            batch_size=t.batch_size,
+            learning_rate=t.learning_rate,
+            warmup_steps=t.warmup_steps,
+            ema_decay=t.ema_decay,
+            class_dropout=t.class_dropout,
+            seed=m.seed,
+        )
         c = m.classifier
         classifier, accuracy = clf.train_classifier(
-            images, labels, epochs=c.epochs, batch_size=c.batch_size, learning_rate=c.learning_rate,
-            holdout=c.holdout, seed=m.seed)
+            images,
+            labels,
+            epochs=c.epochs,
+            batch_size=c.batch_size,
+            learning_rate=c.learning_rate,
+            holdout=c.holdout,
+            seed=m.seed,
+        )
         sched = tiny.noise_scheduler()
         sched_cfg = {"_class_name": type(sched).__name__, **dict(sched.config)}
         vae = None
         window = max(1, len(losses) // 300)
-        series["train_loss"] = [float(np.mean(losses[i:i + window])) for i in range(0, len(losses), window)]
+        series["train_loss"] = [float(np.mean(losses[i : i + window])) for i in range(0, len(losses), window)]
         metrics |= {"final_loss": float(np.mean(losses[-100:])), "classifier_heldout_accuracy": accuracy}
-        print(f"[model] tiny DiT final loss {metrics['final_loss']:.4f}; digit classifier held-out "
-              f"accuracy {accuracy:.4f}")
+        print(
+            f"[model] tiny DiT final loss {metrics['final_loss']:.4f}; digit classifier held-out "
+            f"accuracy {accuracy:.4f}"
+        )
     else:
         transformer, vae, sched_cfg = fetch_dit(m.source)
     info = {"source": m.source, "latent": vae is not None, **model_summary(transformer)}

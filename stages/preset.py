@@ -25,8 +25,14 @@ PRESETS = Path("presets")
 
 def add_args(parser) -> None:
     parser.add_argument("name", help="preset: a file presets/<name>.yaml")
-    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="one more override, after the preset's (repeatable)")
+    parser.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more override, after the preset's (repeatable)",
+    )
     parser.add_argument("--queue", action="store_true", help="queue the experiment (dvc queue start runs it)")
     parser.add_argument("--dry-run", action="store_true", help="print the dvc command and exit")
 

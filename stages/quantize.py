@@ -17,8 +17,15 @@ from pipeline.config import flat
 from pipeline.errors import UserError, require_finite
 from pipeline.io import atomic_dir, read_stats, write_json, write_quantized
 from pipeline.models.loader import default_device, load_fp_model
-from pipeline.quant.apply import (act_ranges, gptq_model, linear_in_features, model_size, outputs, quant_state,
-                                  quantize_model)
+from pipeline.quant.apply import (
+    act_ranges,
+    gptq_model,
+    linear_in_features,
+    model_size,
+    outputs,
+    quant_state,
+    quantize_model,
+)
 from pipeline.quant.plan import QuantPlan
 from pipeline.quant.quantizer import FP_BITS, sqnr_db
 from pipeline.tracking import log_stage
@@ -55,19 +62,28 @@ def run(cfg, args) -> None:
     else:
         quantize_model(model, plan, ranges)
     quantized = outputs(model, batches)
-    require_finite(quantized, torch.cat([b["timestep"].cpu() for b in batches]), "output",
-                   "of the quantized model on calibration inputs",
-                   "; the plan is too aggressive or the ranges are broken")
+    require_finite(
+        quantized,
+        torch.cat([b["timestep"].cpu() for b in batches]),
+        "output",
+        "of the quantized model on calibration inputs",
+        "; the plan is too aggressive or the ranges are broken",
+    )
     rel_err = float((quantized - reference).norm() / reference.norm()) if plan.layers else 0.0
-    sqnr = [sqnr_db(fp_weights[n], model.get_submodule(n).dequantized_weight().cpu())
-            for n, lp in plan.layers.items() if lp.weight_bits != FP_BITS]
+    sqnr = [
+        sqnr_db(fp_weights[n], model.get_submodule(n).dequantized_weight().cpu())
+        for n, lp in plan.layers.items()
+        if lp.weight_bits != FP_BITS
+    ]
     size = model_size(model)
     seconds = time.time() - start
     summary = {
-        "method": plan.method, "quantized_layers": len(plan.layers),
+        "method": plan.method,
+        "quantized_layers": len(plan.layers),
         "weight_bits": sorted({lp.weight_bits for lp in plan.layers.values()}),
         "act_bits": sorted({lp.act_bits for lp in plan.layers.values()}),
-        "size_mb": size["size_mb"], "fp16_size_mb": size["fp16_size_mb"],
+        "size_mb": size["size_mb"],
+        "fp16_size_mb": size["fp16_size_mb"],
         "compression": size["fp16_size_mb"] / size["size_mb"],
         "calib_rel_err": rel_err,
         "weight_sqnr_db_mean": float(np.mean(sqnr)) if sqnr else None,
@@ -77,11 +93,18 @@ def run(cfg, args) -> None:
     with atomic_dir(QUANT) as tmp:
         write_quantized(tmp, plan, quant_state(model, plan))
         write_json(tmp / "quant.json", summary)
-    print(f"[quantize] {plan.method}: {len(plan.layers)} layers, {size['size_mb']:.3f} MB "
-          f"(FP16 {size['fp16_size_mb']:.3f} MB), relative output error {rel_err:.4f}")
+    print(
+        f"[quantize] {plan.method}: {len(plan.layers)} layers, {size['size_mb']:.3f} MB "
+        f"(FP16 {size['fp16_size_mb']:.3f} MB), relative output error {rel_err:.4f}"
+    )
     metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    log_stage(cfg, "quantize", flat(cfg, ["quant"]), metrics | {"seconds": seconds},
-              [QUANT / "plan.yaml", QUANT / "quant.json"])
+    log_stage(
+        cfg,
+        "quantize",
+        flat(cfg, ["quant"]),
+        metrics | {"seconds": seconds},
+        [QUANT / "plan.yaml", QUANT / "quant.json"],
+    )
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -69,8 +69,10 @@ def _experiments(name: str) -> list[dict]:
             found.append(r)
     done = [r for r in found if r.get("State") in (None, "Success")]
     if not done:
-        raise UserError(f"no finished DVC experiments named {prefix}* ({len(found)} queued, running or "
-                        "failed); run `python -m stages.sweep` first, or pass --sweep <name>")
+        raise UserError(
+            f"no finished DVC experiments named {prefix}* ({len(found)} queued, running or "
+            "failed); run `python -m stages.sweep` first, or pass --sweep <name>"
+        )
     return done
 
 
@@ -81,8 +83,10 @@ def _read(path: str, rev: str, binary: bool = False):
         with dvc.api.open(path, rev=rev, mode="rb" if binary else "r") as f:
             return f.read()
     except Exception as e:
-        raise UserError(f"{path} of experiment commit {rev}: cannot read it from DVC's cache ({e}); "
-                        "was the experiment garbage-collected (dvc gc)?") from None
+        raise UserError(
+            f"{path} of experiment commit {rev}: cannot read it from DVC's cache ({e}); "
+            "was the experiment garbage-collected (dvc gc)?"
+        ) from None
 
 
 def _images(path: str, rev: str, n: int) -> np.ndarray:
@@ -109,8 +113,9 @@ def run(cfg, args) -> None:
     print(markdown_table(table))
 
 
-def _figures(out: Path, records: list[Record], revs: dict[str, str], table, bits_order, first_seed: int,
-             grid: int) -> None:
+def _figures(
+    out: Path, records: list[Record], revs: dict[str, str], table, bits_order, first_seed: int, grid: int
+) -> None:
     series = {key: {} for key in ("fid", "fid_fp")}
     for row in sorted(table, key=lambda r: METHODS.index(r.method) if r.method in METHODS else len(METHODS)):
         if row.method == FP:
@@ -120,9 +125,16 @@ def _figures(out: Path, records: list[Record], revs: dict[str, str], table, bits
                 series[key].setdefault(row.label, {})[row.bits] = mean_std(row.values[key])
     fp_row = next((r for r in table if r.method == FP), None)
     fp = mean_std(fp_row.values["fid"]) if fp_row and fp_row.values.get("fid") else None
-    plots.metric_vs_bits(series, bits_order, fp, out / "fid_vs_bits.png",
-                         [("fid", "FID to the reference (lower is better)"),
-                          ("fid_fp", "FID to the FP samples, same seeds (lower is better)")])
+    plots.metric_vs_bits(
+        series,
+        bits_order,
+        fp,
+        out / "fid_vs_bits.png",
+        [
+            ("fid", "FID to the reference (lower is better)"),
+            ("fid_fp", "FID to the FP samples, same seeds (lower is better)"),
+        ],
+    )
     first = [r for r in records if r.seed == first_seed]
     searched = {r.bits: r.name for r in first if r.method == "qdit"}
     if searched:
@@ -130,10 +142,12 @@ def _figures(out: Path, records: list[Record], revs: dict[str, str], table, bits
         for bits in bits_order:
             if bits in searched:
                 plan = yaml.safe_load(_read("data/search/plan.yaml", revs[searched[bits]]))
-                plans[bits] = {k: int(v["group_size"]) for k, v in plan["layers"].items()
-                               if v.get("granularity") == "group"}
-        plots.group_sizes_by_setting(plans, out / "group_sizes.png",
-                                     f"Searched group size per layer (seed {first_seed})")
+                plans[bits] = {
+                    k: int(v["group_size"]) for k, v in plan["layers"].items() if v.get("granularity") == "group"
+                }
+        plots.group_sizes_by_setting(
+            plans, out / "group_sizes.png", f"Searched group size per layer (seed {first_seed})"
+        )
     (out / "activation_ranges.png").write_bytes(_read("data/stats/activation_ranges.png", revs[first[0].name], True))
     n = grid * grid
     panels: dict[str, dict[str, np.ndarray]] = {}
@@ -149,8 +163,14 @@ def _figures(out: Path, records: list[Record], revs: dict[str, str], table, bits
 
 
 def _results_csv(path: Path, records: list[Record]) -> None:
-    keys = sorted({k for r in records for k, v in r.metrics.items() if isinstance(v, (int, float))
-                   and not isinstance(v, bool) and k in _METRIC_KEYS})
+    keys = sorted(
+        {
+            k
+            for r in records
+            for k, v in r.metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k in _METRIC_KEYS
+        }
+    )
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["experiment", "bits", "method", "seed"] + keys)
@@ -158,24 +178,44 @@ def _results_csv(path: Path, records: list[Record]) -> None:
             w.writerow([r.name, r.bits, r.method, r.seed] + [r.metrics.get(k) for k in keys])
 
 
-_METRIC_KEYS = {k for key, _, _ in COLUMNS for k in (key, f"{key}_fp_model")} | \
-    {"kid", "kid_fp_model", "ssim_fp", "fp16_size_mb", "num_images"}
+_METRIC_KEYS = {k for key, _, _ in COLUMNS for k in (key, f"{key}_fp_model")} | {
+    "kid",
+    "kid_fp_model",
+    "ssim_fp",
+    "fp16_size_mb",
+    "num_images",
+}
 
 
 def _markdown(name: str, records: list[Record], table) -> str:
     seeds = sorted({r.seed for r in records})
-    lines = [f"# Sweep `{name}`", "",
-             f"{len(records)} DVC experiments, seeds {seeds} (mean ± sample std over seeds). FP: the "
-             "model's own samples from the same seeds. FID/sFID/IS/precision/recall against the "
-             "reference set; FID and PSNR to FP compare each image with the FP image from the same noise."]
+    lines = [
+        f"# Sweep `{name}`",
+        "",
+        f"{len(records)} DVC experiments, seeds {seeds} (mean ± sample std over seeds). FP: the "
+        "model's own samples from the same seeds. FID/sFID/IS/precision/recall against the "
+        "reference set; FID and PSNR to FP compare each image with the FP image from the same noise.",
+    ]
     meta = SWEEPS / name / "sweep.json"
     if meta.is_file():
         m = read_json(meta, "sweep summary")
-        lines.append(f"Sweep wall time: {m['seconds'] / 60:.1f} min with {m['jobs']} parallel experiment(s), "
-                     f"finished {m['finished']}.")
-    lines += ["", markdown_table(table), "",
-              "![FID against bits](fid_vs_bits.png)", "", "![Group sizes](group_sizes.png)", "",
-              "![Activation ranges](activation_ranges.png)", "", "![Samples](samples.png)", ""]
+        lines.append(
+            f"Sweep wall time: {m['seconds'] / 60:.1f} min with {m['jobs']} parallel experiment(s), "
+            f"finished {m['finished']}."
+        )
+    lines += [
+        "",
+        markdown_table(table),
+        "",
+        "![FID against bits](fid_vs_bits.png)",
+        "",
+        "![Group sizes](group_sizes.png)",
+        "",
+        "![Activation ranges](activation_ranges.png)",
+        "",
+        "![Samples](samples.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 

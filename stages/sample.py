@@ -36,11 +36,11 @@ def run(cfg, args) -> None:
         load_quantized(fp.transformer, plan, state, str(QUANT))
         use_backend(fp.transformer, cfg.quant.backend)
         described = describe(plan)
-    module = SamplingModule(fp, scheduler=s.scheduler, steps=s.steps, guidance_scale=s.guidance_scale,
-                            seed=s.seed)
+    module = SamplingModule(fp, scheduler=s.scheduler, steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed)
     start = time.time()
-    preds, _, is_main = run_predict(module, IndexDataset(s.num_images), s.batch_size, cfg.trainer,
-                                    DATA / f".parts-{out.name}")
+    preds, _, is_main = run_predict(
+        module, IndexDataset(s.num_images), s.batch_size, cfg.trainer, DATA / f".parts-{out.name}"
+    )
     if not is_main:
         return
     seconds = time.time() - start
@@ -48,17 +48,29 @@ def run(cfg, args) -> None:
     with atomic_dir(out) as tmp:
         write_images(tmp / "images.npz", images, preds["labels"].numpy(), preds["seeds"].numpy())
         plots.image_grid(images, s.grid_size, tmp / "grid.png")
-        write_json(tmp / "info.json", {
-            "model": described,
-            "num_images": int(len(images)), "image_shape": list(images.shape[1:]),
-            "scheduler": s.scheduler, "steps": int(s.steps), "guidance_scale": float(s.guidance_scale),
-            "seed": int(s.seed), "labels": "index mod num_classes",
-            "provenance": provenance(cfg, "sample_fp" if args.fp else "sample"),
-        } | ({} if args.fp else {"backend": cfg.quant.backend}))
+        write_json(
+            tmp / "info.json",
+            {
+                "model": described,
+                "num_images": int(len(images)),
+                "image_shape": list(images.shape[1:]),
+                "scheduler": s.scheduler,
+                "steps": int(s.steps),
+                "guidance_scale": float(s.guidance_scale),
+                "seed": int(s.seed),
+                "labels": "index mod num_classes",
+                "provenance": provenance(cfg, "sample_fp" if args.fp else "sample"),
+            }
+            | ({} if args.fp else {"backend": cfg.quant.backend}),
+        )
     name = "sample_fp" if args.fp else "sample"
-    log_stage(cfg, name, flat(cfg, ["sample", "trainer"] + ([] if args.fp else ["quant"])),
-              {"seconds": seconds, "image_steps_per_s": s.num_images * s.steps / seconds},
-              [out / "grid.png", out / "info.json"])
+    log_stage(
+        cfg,
+        name,
+        flat(cfg, ["sample", "trainer"] + ([] if args.fp else ["quant"])),
+        {"seconds": seconds, "image_steps_per_s": s.num_images * s.steps / seconds},
+        [out / "grid.png", out / "info.json"],
+    )
 
 
 def cli(argv: list[str] | None = None) -> None:

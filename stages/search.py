@@ -67,8 +67,9 @@ def resume_state(key: str) -> dict | None:
             print(f"[search] {e}; starting afresh")
     if state is not None and state.get("fingerprint") == key:
         done = len(state["evaluated"])
-        print(f"[search] resuming from {CHECKPOINT}: {done} plans evaluated, "
-              f"{state['generations_done']} generations done")
+        print(
+            f"[search] resuming from {CHECKPOINT}: {done} plans evaluated, {state['generations_done']} generations done"
+        )
         return state
     print(f"[search] {SEARCH} holds the state of other inputs; starting afresh")
     shutil.rmtree(SEARCH)
@@ -82,9 +83,17 @@ def make_fitness(cfg, fp, model, batches, device):
 
     if sc.fitness == "mse":
         return F.MSEFitness(model, batches)
-    sampler = F.Sampler(fp, num_images=sc.num_images, steps=sc.steps, scheduler=sc.scheduler,
-                        guidance_scale=sc.guidance_scale, seed=sc.image_seed, batch_size=sc.batch_size,
-                        trainer_cfg=cfg.trainer, parts_dir=DATA / ".parts-search")
+    sampler = F.Sampler(
+        fp,
+        num_images=sc.num_images,
+        steps=sc.steps,
+        scheduler=sc.scheduler,
+        guidance_scale=sc.guidance_scale,
+        seed=sc.image_seed,
+        batch_size=sc.batch_size,
+        trainer_cfg=cfg.trainer,
+        parts_dir=DATA / ".parts-search",
+    )
     if sc.fitness == "sample_mse":
         return F.SampleMSEFitness(sampler)
     from pipeline.metrics.features import build_extractor, extract, resolve_kind
@@ -96,10 +105,12 @@ def make_fitness(cfg, fp, model, batches, device):
     target = None
     if sc.fitness == "fid":
         reference = load_reference(e.reference, _image_shape(fp))
-        target = reference.pool_stats if reference.pool_stats is not None else \
-            extract(extractor, reference.images, e.batch_size, device, "features: reference")
-    return F.ImageFitness(sampler, extractor=extractor, device=device, feature_batch_size=e.batch_size,
-                          target=target)
+        target = (
+            reference.pool_stats
+            if reference.pool_stats is not None
+            else extract(extractor, reference.images, e.batch_size, device, "features: reference")
+        )
+    return F.ImageFitness(sampler, extractor=extractor, device=device, feature_batch_size=e.batch_size, target=target)
 
 
 def _image_shape(fp) -> tuple[int, ...]:
@@ -138,9 +149,11 @@ def run(cfg, args) -> None:
     budget = float(sc.budget) if sc.budget is not None else base_cost.value(metric)
     cheapest = space.cheapest(metric).value(metric)
     if sc.enabled and space.genes and cheapest > budget:
-        raise UserError(f"search.budget = {budget:.6g} {unit} cannot be met: the cheapest plan (every layer at "
-                        f"its cheapest group size) costs {cheapest:.6g}; allowed: a budget >= {cheapest:.6g}, "
-                        f"or null for the uniform plan's {base_cost.value(metric):.6g}")
+        raise UserError(
+            f"search.budget = {budget:.6g} {unit} cannot be met: the cheapest plan (every layer at "
+            f"its cheapest group size) costs {cheapest:.6g}; allowed: a budget >= {cheapest:.6g}, "
+            f"or null for the uniform plan's {base_cost.value(metric):.6g}"
+        )
     searching = sc.enabled and bool(space.genes)
     if not searching:
         why = "search.enabled is false" if not sc.enabled else "the plan has no group-wise quantized layer"
@@ -165,8 +178,10 @@ def run(cfg, args) -> None:
                 write_json(CHECKPOINT, {"fingerprint": key, **st})
 
         if is_main:
-            print(f"[search] {len(space)} layers, candidates {sorted({g for c in space.candidates.values() for g in c})}"
-                  f", budget {budget:.6g} {unit}, fitness {sc.fitness}")
+            print(
+                f"[search] {len(space)} layers, candidates {sorted({g for c in space.candidates.values() for g in c})}"
+                f", budget {budget:.6g} {unit}, fitness {sc.fitness}"
+            )
         best = evo.run(lambda genome: fitness(candidates.use(genome)), checkpoint, progress=is_main)
         if not is_main:
             return
@@ -177,18 +192,30 @@ def run(cfg, args) -> None:
     chosen = dict(zip(space.genes, genome))
     cost = space.cost(genome)
     summary = {
-        "searched": searching, "fitness": sc.fitness, "budget_metric": metric, "budget": budget,
-        "budget_unit": unit, "layers": len(space),
+        "searched": searching,
+        "fitness": sc.fitness,
+        "budget_metric": metric,
+        "budget": budget,
+        "budget_unit": unit,
+        "layers": len(space),
         "plan": {"size_mb": cost.size_mb, "gbitops": cost.gbitops},
-        "uniform": {"size_mb": base_cost.size_mb, "gbitops": base_cost.gbitops,
-                    "group_size": sorted({g for g in space.base_genome})},
-        "cheapest": cheapest, "group_sizes": chosen,  # no wall time: the same inputs give the same bytes
+        "uniform": {
+            "size_mb": base_cost.size_mb,
+            "gbitops": base_cost.gbitops,
+            "group_size": sorted({g for g in space.base_genome}),
+        },
+        "cheapest": cheapest,
+        "group_sizes": chosen,  # no wall time: the same inputs give the same bytes
         "provenance": provenance(cfg, "search"),
     }
     if evo is not None:
-        summary |= {"fitness_best": evo.best()["fitness"], "fitness_uniform": base_fitness,
-                    "evaluated": len(evo.evaluated), "generations": evo.generations_done,
-                    "settings": settings_dict(evo.s)}
+        summary |= {
+            "fitness_best": evo.best()["fitness"],
+            "fitness_uniform": base_fitness,
+            "evaluated": len(evo.evaluated),
+            "generations": evo.generations_done,
+            "settings": settings_dict(evo.s),
+        }
     with atomic_dir(SEARCH) as tmp:
         (tmp / "plan.yaml").write_text(plan.to_yaml())
         write_json(tmp / "search.json", summary)
@@ -196,26 +223,32 @@ def run(cfg, args) -> None:
             write_json(tmp / "checkpoint.json", {"fingerprint": key, **evo.state()})
             plots.search_progress(evo.history, base_fitness, sc.fitness, tmp / "fitness.png")
         if chosen:
-            plots.group_sizes(chosen, tmp / "group_sizes.png",
-                              f"group size per layer ({'searched' if searching else 'uniform'})")
+            plots.group_sizes(
+                chosen, tmp / "group_sizes.png", f"group size per layer ({'searched' if searching else 'uniform'})"
+            )
     with atomic_file(FITNESS_CSV) as f:
         w = csv.writer(f)
         w.writerow(["generation", "best", "topk_mean", "generation_mean"])
         for h in evo.history if evo is not None else []:
             w.writerow([h["generation"], h["best"], h["topk_mean"], h["generation_mean"]])
     if evo is not None:
-        print(f"[search] best {sc.fitness} {summary['fitness_best']:.6g} vs uniform {base_fitness:.6g}; "
-              f"cost {cost.value(metric):.6g} of budget {budget:.6g} {unit}; {len(evo.evaluated)} plans evaluated")
+        print(
+            f"[search] best {sc.fitness} {summary['fitness_best']:.6g} vs uniform {base_fitness:.6g}; "
+            f"cost {cost.value(metric):.6g} of budget {budget:.6g} {unit}; {len(evo.evaluated)} plans evaluated"
+        )
     metrics = {"size_mb": cost.size_mb, "gbitops": cost.gbitops, "budget": budget, "seconds": seconds}
     series = None
     if evo is not None:
         metrics["evaluated"] = len(evo.evaluated)  # fitness_best: the last step of its series
         if math.isfinite(base_fitness):
             metrics["fitness_uniform"] = base_fitness
-        series = {"fitness_best": [h["best"] for h in evo.history],
-                  "fitness_topk_mean": [h["topk_mean"] for h in evo.history]}
-    artifacts = [SEARCH / n for n in ("plan.yaml", "search.json", "group_sizes.png", "fitness.png")
-                 if (SEARCH / n).exists()]
+        series = {
+            "fitness_best": [h["best"] for h in evo.history],
+            "fitness_topk_mean": [h["topk_mean"] for h in evo.history],
+        }
+    artifacts = [
+        SEARCH / n for n in ("plan.yaml", "search.json", "group_sizes.png", "fitness.png") if (SEARCH / n).exists()
+    ]
     log_stage(cfg, "search", flat(cfg, ["search", "quant"]), metrics, artifacts, series=series)
 
 

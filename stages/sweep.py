@@ -31,8 +31,9 @@ DONE = {"Success", "Failed"}  # DVC's final experiment states
 
 def add_args(parser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the experiments and exit")
-    parser.add_argument("--no-repro", action="store_true",
-                        help="skip the workspace `dvc repro` (the shared stages must be cached)")
+    parser.add_argument(
+        "--no-repro", action="store_true", help="skip the workspace `dvc repro` (the shared stages must be cached)"
+    )
     parser.add_argument("--poll", type=float, default=10.0, help="seconds between queue checks")
 
 
@@ -92,12 +93,22 @@ def run(cfg, args) -> None:
     failed = sorted(n for n in names if states.get(n) == "Failed")
     out = SWEEPS / sw.name
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep.json", {
-        "name": sw.name, "experiments": sorted(names), "failed": failed, "jobs": int(sw.jobs),
-        "seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-    })
-    print(f"[sweep] {len(names) - len(failed)}/{len(names)} experiments in {seconds / 60:.1f} min; "
-          f"`dvc exp show`, `python -m stages.report --sweep {sw.name}`", file=sys.stderr)
+    write_json(
+        out / "sweep.json",
+        {
+            "name": sw.name,
+            "experiments": sorted(names),
+            "failed": failed,
+            "jobs": int(sw.jobs),
+            "seconds": seconds,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    )
+    print(
+        f"[sweep] {len(names) - len(failed)}/{len(names)} experiments in {seconds / 60:.1f} min; "
+        f"`dvc exp show`, `python -m stages.report --sweep {sw.name}`",
+        file=sys.stderr,
+    )
     if failed:
         raise UserError(f"{len(failed)} experiments failed: {', '.join(failed)}; see `dvc queue logs <name>`")
 

@@ -35,8 +35,16 @@ def built_pipeline(tmp_path_factory) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        for stage, args in [("model", ()), ("calibrate", ()), ("stats", ()), ("search", ()), ("quantize", ()), ("sample", ("--fp",)),
-                            ("sample", ()), ("evaluate", ())]:
+        for stage, args in [
+            ("model", ()),
+            ("calibrate", ()),
+            ("stats", ()),
+            ("search", ()),
+            ("quantize", ()),
+            ("sample", ("--fp",)),
+            ("sample", ()),
+            ("evaluate", ()),
+        ]:
             run_stage(stage, *args)
     finally:
         os.chdir(cwd)

@@ -20,11 +20,14 @@ def _params_with(tmp_path: Path, extra: dict) -> Path:
     return write_params(tmp_path, extra)
 
 
-@pytest.mark.parametrize("extra, key, fragment", [
-    ({"sample": {"num_imgs": 10}}, "sample.num_imgs", "did you mean 'num_images'"),
-    ({"sampel": {"steps": 10}}, "sampel", "allowed in the top level"),
-    ({"model": {"tiny": {"layers": 3}}}, "model.tiny.layers", "allowed in section 'model.tiny'"),
-])
+@pytest.mark.parametrize(
+    "extra, key, fragment",
+    [
+        ({"sample": {"num_imgs": 10}}, "sample.num_imgs", "did you mean 'num_images'"),
+        ({"sampel": {"steps": 10}}, "sampel", "allowed in the top level"),
+        ({"model": {"tiny": {"layers": 3}}}, "model.tiny.layers", "allowed in section 'model.tiny'"),
+    ],
+)
 def test_unknown_key_names_key_and_allowed(tmp_path, extra, key, fragment):
     with pytest.raises(UserError) as err:
         load_params(_params_with(tmp_path, extra))
@@ -32,30 +35,36 @@ def test_unknown_key_names_key_and_allowed(tmp_path, extra, key, fragment):
     assert f"unknown key '{key}'" in msg and fragment in msg
 
 
-@pytest.mark.parametrize("extra, key", [
-    ({"sample": {"steps": "many"}}, "sample.steps"),
-    ({"calibrate": {"guidance_scale": "strong"}}, "calibrate.guidance_scale"),
-    ({"tracking": {"enabled": "perhaps"}}, "tracking.enabled"),
-    ({"sample": {"num_images": 1.5}}, "sample.num_images"),
-])
+@pytest.mark.parametrize(
+    "extra, key",
+    [
+        ({"sample": {"steps": "many"}}, "sample.steps"),
+        ({"calibrate": {"guidance_scale": "strong"}}, "calibrate.guidance_scale"),
+        ({"tracking": {"enabled": "perhaps"}}, "tracking.enabled"),
+        ({"sample": {"num_images": 1.5}}, "sample.num_images"),
+    ],
+)
 def test_wrong_type_names_key(tmp_path, extra, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         load_params(_params_with(tmp_path, extra))
 
 
-@pytest.mark.parametrize("extra, key, allowed", [
-    ({"sample": {"scheduler": "euler"}}, "sample.scheduler", "ddim, ddpm, dpm_solver"),
-    ({"sample": {"num_images": 0}}, "sample.num_images", "an integer >= 1"),
-    ({"calibrate": {"steps": 2000}}, "calibrate.steps", "1 to 1000"),
-    ({"sample": {"guidance_scale": 0.5}}, "sample.guidance_scale", ">= 1.0"),
-    ({"trainer": {"devices": 0}}, "trainer.devices", "'auto', -1 (all) or an integer >= 1"),
-    ({"trainer": {"strategy": "ddp_spawn"}}, "trainer.strategy", "auto, ddp"),
-    ({"trainer": {"precision": "fp8"}}, "trainer.precision", "32-true"),
-    ({"model": {"tiny": {"patch_size": 3}}}, "model.tiny.patch_size", "1, 2, 4 or 8"),
-    ({"evaluate": {"features": "clip"}}, "evaluate.features", "auto, digits, inception"),
-    ({"sample": {"seed": 5000}}, "sample.seed", "0 to 4095"),
-    ({"sample": {"num_images": 2**21}}, "sample.num_images", "1 to 1048576"),
-])
+@pytest.mark.parametrize(
+    "extra, key, allowed",
+    [
+        ({"sample": {"scheduler": "euler"}}, "sample.scheduler", "ddim, ddpm, dpm_solver"),
+        ({"sample": {"num_images": 0}}, "sample.num_images", "an integer >= 1"),
+        ({"calibrate": {"steps": 2000}}, "calibrate.steps", "1 to 1000"),
+        ({"sample": {"guidance_scale": 0.5}}, "sample.guidance_scale", ">= 1.0"),
+        ({"trainer": {"devices": 0}}, "trainer.devices", "'auto', -1 (all) or an integer >= 1"),
+        ({"trainer": {"strategy": "ddp_spawn"}}, "trainer.strategy", "auto, ddp"),
+        ({"trainer": {"precision": "fp8"}}, "trainer.precision", "32-true"),
+        ({"model": {"tiny": {"patch_size": 3}}}, "model.tiny.patch_size", "1, 2, 4 or 8"),
+        ({"evaluate": {"features": "clip"}}, "evaluate.features", "auto, digits, inception"),
+        ({"sample": {"seed": 5000}}, "sample.seed", "0 to 4095"),
+        ({"sample": {"num_images": 2**21}}, "sample.num_images", "1 to 1048576"),
+    ],
+)
 def test_unsupported_value_names_key_value_and_allowed(tmp_path, extra, key, allowed):
     with pytest.raises(UserError) as err:
         load_params(_params_with(tmp_path, extra))
@@ -79,8 +88,13 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_stage_refuses_bad_params_with_exit_2_and_writes_nothing(tmp_path):
     params = write_params(tmp_path, {"model": {"tiny": {"train_step": 5}}})
-    proc = subprocess.run([sys.executable, "-m", "stages.model"], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.model"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1

@@ -69,10 +69,12 @@ def _refused(extra: dict, replace: bool = False) -> str:
 
 
 WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
-NOT_A_NUMBER = WORDS.filter(lambda w: w not in {"inf", "nan", "infinity", "true", "false", "yes", "no",
-                                                "on", "off", "null", "none"})
-CONTAINERS = st.one_of(st.lists(st.integers(), min_size=1, max_size=3),
-                       st.dictionaries(WORDS, st.integers(), min_size=1, max_size=2))
+NOT_A_NUMBER = WORDS.filter(
+    lambda w: w not in {"inf", "nan", "infinity", "true", "false", "yes", "no", "on", "off", "null", "none"}
+)
+CONTAINERS = st.one_of(
+    st.lists(st.integers(), min_size=1, max_size=3), st.dictionaries(WORDS, st.integers(), min_size=1, max_size=2)
+)
 
 
 def _wrong_values(default):
@@ -107,9 +109,21 @@ def test_an_unknown_key_is_refused_naming_it(section, name):
     assert f"unknown key '{section}.{name}'" in msg and f"allowed in section '{section}'" in msg
 
 
-POSITIVE = ["calibrate.num_samples", "calibrate.steps", "calibrate.batch_size", "sample.num_images", "sample.steps",
-            "sample.batch_size", "search.population", "search.batch_size", "evaluate.batch_size", "stats.batch_size",
-            "model.tiny.num_layers", "evaluate.nearest_k", "sweep.jobs"]
+POSITIVE = [
+    "calibrate.num_samples",
+    "calibrate.steps",
+    "calibrate.batch_size",
+    "sample.num_images",
+    "sample.steps",
+    "sample.batch_size",
+    "search.population",
+    "search.batch_size",
+    "evaluate.batch_size",
+    "stats.batch_size",
+    "model.tiny.num_layers",
+    "evaluate.nearest_k",
+    "sweep.jobs",
+]
 
 
 @FUZZ
@@ -119,8 +133,10 @@ def test_a_count_below_one_is_refused_naming_key_and_value(key, value):
 
 
 @FUZZ
-@given(key=st.sampled_from(["quant.weight.bits", "quant.act.bits", "quant.attn_bits"]),
-       value=st.integers(min_value=-4, max_value=64).filter(lambda b: b not in (2, 3, 4, 5, 6, 7, 8, 16)))
+@given(
+    key=st.sampled_from(["quant.weight.bits", "quant.act.bits", "quant.attn_bits"]),
+    value=st.integers(min_value=-4, max_value=64).filter(lambda b: b not in (2, 3, 4, 5, 6, 7, 8, 16)),
+)
 def test_an_unsupported_bit_width_is_refused(key, value):
     assert f"{key} = {value} is not allowed; allowed: 2 to 8, or 16" in _refused(_nested(key, value))
 
@@ -140,26 +156,52 @@ def valid_params(draw):
     devices = draw(st.sampled_from(["auto", 1, 2, -1]))
     least = devices if isinstance(devices, int) and devices > 1 else 1
     return {
-        "model": {"tiny": {"num_heads": heads, "head_dim": head_dim, "num_layers": draw(st.integers(1, 6)),
-                           "patch_size": draw(st.sampled_from([1, 2, 4, 8]))}},
-        "calibrate": {"num_samples": draw(st.integers(least, 512)), "steps": draw(st.integers(1, 1000)),
-                      "guidance_scale": draw(st.floats(1.0, 10.0)),
-                      "scheduler": draw(st.sampled_from(["ddim", "ddpm", "dpm_solver"]))},
-        "quant": {"method": draw(st.sampled_from(["none", "rtn", "qdit"])),
-                  "weight": {"bits": draw(st.sampled_from([2, 3, 4, 5, 6, 7, 8, 16])), "group_size": g,
-                             "symmetric": draw(st.booleans())},
-                  "act": {"bits": draw(st.sampled_from([2, 4, 8, 16])),
-                          "mode": draw(st.sampled_from(["auto", "dynamic", "static", "static_timestep"])),
-                          "group_size": draw(st.sampled_from([None, *_divisors(hidden)]))},
-                  "backend": draw(st.sampled_from(["fake", "int8"]))},
-        "search": {"enabled": draw(st.booleans()), "group_sizes": candidates,
-                   "fitness": draw(st.sampled_from(["mse", "sample_mse", "fid_fp", "fid"])),
-                   "num_images": draw(st.integers(max(2, least), 256)),
-                   "mutation_prob": draw(st.floats(0.0, 1.0)), "generations": draw(st.integers(0, 20))},
-        "sample": {"num_images": draw(st.integers(least, 10000)), "steps": draw(st.integers(1, 1000)),
-                   "seed": draw(st.integers(0, 4095))},
-        "trainer": {"devices": devices, "strategy": "ddp" if devices not in ("auto", 1) else "auto",
-                    "precision": draw(st.sampled_from(["32-true", "bf16-true", "16-mixed"]))},
+        "model": {
+            "tiny": {
+                "num_heads": heads,
+                "head_dim": head_dim,
+                "num_layers": draw(st.integers(1, 6)),
+                "patch_size": draw(st.sampled_from([1, 2, 4, 8])),
+            }
+        },
+        "calibrate": {
+            "num_samples": draw(st.integers(least, 512)),
+            "steps": draw(st.integers(1, 1000)),
+            "guidance_scale": draw(st.floats(1.0, 10.0)),
+            "scheduler": draw(st.sampled_from(["ddim", "ddpm", "dpm_solver"])),
+        },
+        "quant": {
+            "method": draw(st.sampled_from(["none", "rtn", "qdit"])),
+            "weight": {
+                "bits": draw(st.sampled_from([2, 3, 4, 5, 6, 7, 8, 16])),
+                "group_size": g,
+                "symmetric": draw(st.booleans()),
+            },
+            "act": {
+                "bits": draw(st.sampled_from([2, 4, 8, 16])),
+                "mode": draw(st.sampled_from(["auto", "dynamic", "static", "static_timestep"])),
+                "group_size": draw(st.sampled_from([None, *_divisors(hidden)])),
+            },
+            "backend": draw(st.sampled_from(["fake", "int8"])),
+        },
+        "search": {
+            "enabled": draw(st.booleans()),
+            "group_sizes": candidates,
+            "fitness": draw(st.sampled_from(["mse", "sample_mse", "fid_fp", "fid"])),
+            "num_images": draw(st.integers(max(2, least), 256)),
+            "mutation_prob": draw(st.floats(0.0, 1.0)),
+            "generations": draw(st.integers(0, 20)),
+        },
+        "sample": {
+            "num_images": draw(st.integers(least, 10000)),
+            "steps": draw(st.integers(1, 1000)),
+            "seed": draw(st.integers(0, 4095)),
+        },
+        "trainer": {
+            "devices": devices,
+            "strategy": "ddp" if devices not in ("auto", 1) else "auto",
+            "precision": draw(st.sampled_from(["32-true", "bf16-true", "16-mixed"])),
+        },
     }
 
 
@@ -188,17 +230,27 @@ def test_a_group_size_that_does_not_divide_the_hidden_size_is_refused(params, g)
 def test_search_candidates_must_include_the_uniform_group_size(params):
     g = params["quant"]["weight"]["group_size"]
     others = [c for c in params["search"]["group_sizes"] if c != g] or [g * 2]
-    params = deep_update(params, {"quant": {"method": "qdit", "weight": {"bits": 4}},
-                                  "search": {"enabled": True, "group_sizes": others}})
+    params = deep_update(
+        params, {"quant": {"method": "qdit", "weight": {"bits": 4}}, "search": {"enabled": True, "group_sizes": others}}
+    )
     assert f"allowed: a list that includes quant.weight.group_size = {g}" in _refused(params)
 
 
 @FUZZ
-@given(params=valid_params(), devices=st.integers(2, 64), key=st.sampled_from(["calibrate.num_samples",
-                                                                              "sample.num_images"]))
+@given(
+    params=valid_params(),
+    devices=st.integers(2, 64),
+    key=st.sampled_from(["calibrate.num_samples", "sample.num_images"]),
+)
 def test_fewer_items_than_devices_are_refused(params, devices, key):
-    params = deep_update(params, {"trainer": {"devices": devices, "strategy": "ddp"},
-                                  "calibrate": {"num_samples": devices}, "sample": {"num_images": devices},
-                                  "search": {"num_images": max(2, devices)}})
+    params = deep_update(
+        params,
+        {
+            "trainer": {"devices": devices, "strategy": "ddp"},
+            "calibrate": {"num_samples": devices},
+            "sample": {"num_images": devices},
+            "search": {"num_images": max(2, devices)},
+        },
+    )
     params = deep_update(params, _nested(key, devices - 1))
     assert f"{key} = {devices - 1} is not allowed; allowed: at least trainer.devices = {devices}" in _refused(params)

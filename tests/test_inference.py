@@ -21,8 +21,13 @@ def test_generate_reproduces_the_sample_stage(built_pipeline):
     s = yaml.safe_load((built_pipeline / "params.yaml").read_text())["sample"]
     dit = load_quantized_dit(built_pipeline / "data/model", built_pipeline / "data/quant")
     stage = np.load(built_pipeline / "data/samples/images.npz")
-    images = dit.generate(np.arange(s["num_images"]) % 10, steps=s["steps"], guidance_scale=s["guidance_scale"],
-                          seed=s["seed"], batch_size=s["batch_size"])
+    images = dit.generate(
+        np.arange(s["num_images"]) % 10,
+        steps=s["steps"],
+        guidance_scale=s["guidance_scale"],
+        seed=s["seed"],
+        batch_size=s["batch_size"],
+    )
     assert np.array_equal(images, stage["images"])
     with pytest.raises(UserError, match=r"class labels must lie in \[0, 9\]"):
         dit.generate([3, 10])
@@ -31,9 +36,22 @@ def test_generate_reproduces_the_sample_stage(built_pipeline):
 
 
 def _plan(model):
-    return build_plan(linear_in_features(model), method="qdit", include=DEFAULT_INCLUDE, exclude=[], weight_bits=4,
-                      group_size=16, weight_symmetric=False, clip_search=False, gptq=False, act_bits=8,
-                      act_mode="auto", act_group_size=None, act_symmetric=False, attn_bits=16)
+    return build_plan(
+        linear_in_features(model),
+        method="qdit",
+        include=DEFAULT_INCLUDE,
+        exclude=[],
+        weight_bits=4,
+        group_size=16,
+        weight_symmetric=False,
+        clip_search=False,
+        gptq=False,
+        act_bits=8,
+        act_mode="auto",
+        act_group_size=None,
+        act_symmetric=False,
+        attn_bits=16,
+    )
 
 
 def test_diffusers_pipeline_runs_the_quantized_transformer():

@@ -4,14 +4,26 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.io import (atomic_dir, read_calibration, read_images, read_json, write_calibration_shards,
-                         write_images, write_json)
+from pipeline.io import (
+    atomic_dir,
+    read_calibration,
+    read_images,
+    read_json,
+    write_calibration_shards,
+    write_images,
+    write_json,
+)
 
 
 def _records(n=7):
     rng = np.random.default_rng(0)
-    return {"x": rng.standard_normal((n, 1, 8, 8)).astype(np.float32), "t": np.arange(n) * 10,
-            "y": np.arange(n) % 3, "step": np.arange(n) % 4, "trajectory": np.arange(n)}
+    return {
+        "x": rng.standard_normal((n, 1, 8, 8)).astype(np.float32),
+        "t": np.arange(n) * 10,
+        "y": np.arange(n) % 3,
+        "step": np.arange(n) % 4,
+        "trajectory": np.arange(n),
+    }
 
 
 def test_atomic_dir_replaces_target_only_on_success(tmp_path):

@@ -11,7 +11,7 @@ def test_grid_places_image_k_at_row_k_div_n_and_column_k_mod_n(tmp_path):
     assert grid.shape == (9, 9)  # 3 cells of 2 px + 1 px gutter
     for k in range(9):
         r, c = divmod(k, 3)
-        assert (grid[r * 3:r * 3 + 2, c * 3:c * 3 + 2] == k * 20).all()
+        assert (grid[r * 3 : r * 3 + 2, c * 3 : c * 3 + 2] == k * 20).all()
     assert grid[2, 0] == 128  # gutter
 
 

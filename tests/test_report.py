@@ -4,17 +4,36 @@ from pipeline.report import Record, cell, markdown_table, mean_std, rows
 
 
 def _rec(bits, method, seed, fid, fp_fid):
-    return Record(f"x-{bits}-{method}-s{seed}", bits, method, seed,
-                  {"fid": fid, "fid_fp_model": fp_fid, "size_mb": 1.0, "fp16_size_mb": 3.0, "sfid": None,
-                   "precision": 0.5, "psnr_fp": 30.0 + seed})
+    return Record(
+        f"x-{bits}-{method}-s{seed}",
+        bits,
+        method,
+        seed,
+        {
+            "fid": fid,
+            "fid_fp_model": fp_fid,
+            "size_mb": 1.0,
+            "fp16_size_mb": 3.0,
+            "sfid": None,
+            "precision": 0.5,
+            "psnr_fp": 30.0 + seed,
+        },
+    )
 
 
 def test_rows_average_over_seeds_with_fp_once_per_seed():
-    recs = [_rec("W4A8", "qdit", s, 5.0 + s, 4.0 + s) for s in range(3)] + \
-           [_rec("W4A8", "rtn", s, 8.0 + 2 * s, 4.0 + s) for s in range(3)] + [_rec("W8A8", "rtn", 0, 4.5, 4.0)]
+    recs = (
+        [_rec("W4A8", "qdit", s, 5.0 + s, 4.0 + s) for s in range(3)]
+        + [_rec("W4A8", "rtn", s, 8.0 + 2 * s, 4.0 + s) for s in range(3)]
+        + [_rec("W8A8", "rtn", 0, 4.5, 4.0)]
+    )
     table = rows(recs, ["W8A8", "W4A8"])
-    assert [(r.bits, r.label) for r in table] == [("W16A16", "FP"), ("W8A8", "RTN"), ("W4A8", "RTN"),
-                                                  ("W4A8", "Q-DiT (+ search)")]
+    assert [(r.bits, r.label) for r in table] == [
+        ("W16A16", "FP"),
+        ("W8A8", "RTN"),
+        ("W4A8", "RTN"),
+        ("W4A8", "Q-DiT (+ search)"),
+    ]
     fp = table[0]
     assert fp.values["fid"] == [4.0, 5.0, 6.0] and fp.values["size_mb"] == [3.0, 3.0, 3.0]
     assert fp.values.get("psnr_fp", []) == []  # FP against itself: no fidelity column
@@ -37,8 +56,17 @@ def test_mean_and_sample_std():
 def test_record_from_an_exp_show_row():
     from pipeline.report import record_from_params
 
-    row = {"quant.weight.bits": 4.0, "quant.act.bits": 8.0, "quant.method": "qdit", "quant.act.mode": "dynamic",
-           "search.enabled": True, "sample.seed": 6.0, "fid": 7.5, "kid": "None", "precision": 0.7}
+    row = {
+        "quant.weight.bits": 4.0,
+        "quant.act.bits": 8.0,
+        "quant.method": "qdit",
+        "quant.act.mode": "dynamic",
+        "search.enabled": True,
+        "sample.seed": 6.0,
+        "fid": 7.5,
+        "kid": "None",
+        "precision": 0.7,
+    }
     r = record_from_params("s-w4a8-qdit-s2", row, row)
     assert (r.bits, r.method, r.seed) == ("W4A8", "qdit", 2)
     assert r.metrics["fid"] == 7.5 and r.metrics["precision"] == 0.7 and "kid" not in r.metrics

@@ -24,20 +24,32 @@ def test_matches_diffusers_dit_pipeline(guidance):
     pipe = DiTPipeline(transformer=transformer, vae=tiny_vae(4), scheduler=ddim_scheduler())
     pipe.set_progress_bar_config(disable=True)
     labels = [3, 999, 17, 512]
-    ref = pipe(labels, guidance_scale=guidance, generator=generators(7, torch.arange(4)),
-               num_inference_steps=8, output_type="pt").images
+    ref = pipe(
+        labels,
+        guidance_scale=guidance,
+        generator=generators(7, torch.arange(4)),
+        num_inference_steps=8,
+        output_type="pt",
+    ).images
     gens = generators(7, torch.arange(4))
     noise = initial_noise(gens, (4, 4, 4), torch.float32)
     sched = make_scheduler("ddim", dict(pipe.scheduler.config), 8)
-    x0 = denoise(transformer, sched, noise, torch.tensor(labels), guidance_scale=guidance,
-                 null_label=1000, gens=gens)
+    x0 = denoise(transformer, sched, noise, torch.tensor(labels), guidance_scale=guidance, null_label=1000, gens=gens)
     ours = decode(x0, pipe.vae)
     assert ours.shape == ref.shape == (4, 3, 32, 32)
     assert (ours - ref).abs().max() < 1e-5
     # the comparison is not vacuous: another seed gives other images
-    other = decode(denoise(transformer, make_scheduler("ddim", dict(pipe.scheduler.config), 8),
-                           initial_noise(generators(8, torch.arange(4)), (4, 4, 4), torch.float32),
-                           torch.tensor(labels), guidance_scale=guidance, null_label=1000), pipe.vae)
+    other = decode(
+        denoise(
+            transformer,
+            make_scheduler("ddim", dict(pipe.scheduler.config), 8),
+            initial_noise(generators(8, torch.arange(4)), (4, 4, 4), torch.float32),
+            torch.tensor(labels),
+            guidance_scale=guidance,
+            null_label=1000,
+        ),
+        pipe.vae,
+    )
     assert (other - ref).abs().max() > 1e-3
 
 
@@ -45,8 +57,12 @@ def test_guidance_changes_the_latents():
     transformer = _randomise_adaln(latent_dit())
     cfg = dict(ddim_scheduler().config)
     noise = initial_noise(generators(0, torch.arange(2)), (4, 4, 4), torch.float32)
-    runs = [denoise(transformer, make_scheduler("ddim", cfg, 5), noise, torch.tensor([1, 2]),
-                    guidance_scale=g, null_label=1000) for g in (1.0, 3.0)]
+    runs = [
+        denoise(
+            transformer, make_scheduler("ddim", cfg, 5), noise, torch.tensor([1, 2]), guidance_scale=g, null_label=1000
+        )
+        for g in (1.0, 3.0)
+    ]
     assert (runs[0] - runs[1]).abs().max() > 1e-3
 
 
@@ -61,8 +77,9 @@ def test_image_depends_on_its_seed_only_not_on_batching(scheduler):
     def run(ix):
         gens = generators(5, ix)
         noise = initial_noise(gens, (1, 8, 8), torch.float32)
-        return denoise(model, make_scheduler(scheduler, cfg, 6), noise, labels[ix], guidance_scale=2.0,
-                       null_label=10, gens=gens)
+        return denoise(
+            model, make_scheduler(scheduler, cfg, 6), noise, labels[ix], guidance_scale=2.0, null_label=10, gens=gens
+        )
 
     whole = run(index)
     parts = torch.cat([run(index[:2]), run(index[2:5]), run(index[5:])])
@@ -76,9 +93,7 @@ def test_null_label_is_the_models_class_count():
     model = tiny.build_tiny_dit(1, 2, 16, 2).eval()
     cfg = dict(tiny.noise_scheduler().config)
     noise = initial_noise(generators(0, torch.arange(2)), (1, 8, 8), torch.float32)
-    out = denoise(model, make_scheduler("ddim", cfg, 3), noise, torch.tensor([1, 2]), guidance_scale=1.5,
-                  null_label=10)
+    out = denoise(model, make_scheduler("ddim", cfg, 3), noise, torch.tensor([1, 2]), guidance_scale=1.5, null_label=10)
     assert torch.isfinite(out).all()
     with pytest.raises(IndexError):
-        denoise(model, make_scheduler("ddim", cfg, 3), noise, torch.tensor([1, 2]), guidance_scale=1.5,
-                null_label=1000)
+        denoise(model, make_scheduler("ddim", cfg, 3), noise, torch.tensor([1, 2]), guidance_scale=1.5, null_label=1000)

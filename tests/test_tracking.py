@@ -1,7 +1,6 @@
 import os
 
 import pytest
-
 from omegaconf import OmegaConf
 
 from pipeline.tracking import absolute_uri, tracking_uri
@@ -40,10 +39,20 @@ def test_two_processes_logging_to_one_db_lose_and_mix_nothing(tmp_path):
         "import sys; from pipeline.config import load_params; from pipeline.tracking import log_stage\n"
         "cfg = load_params('params.yaml'); p = int(sys.argv[1])\n"
         "for k in range(6):\n"
-        "    log_stage(cfg, f'p{p}-{k}', {'proc': p, 'k': k}, {'value': 100 * p + k})\n")
+        "    log_stage(cfg, f'p{p}-{k}', {'proc': p, 'k': k}, {'value': 100 * p + k})\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "QDIT_TRACKING_URI": db, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(p)], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(p)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for p in (1, 2)
+    ]
     for proc in procs:
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-2000:]
@@ -73,8 +82,10 @@ def test_killed_while_creating_the_db_the_next_stage_still_logs(tmp_path, delay)
 
     write_params(tmp_path)
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    script = ("from pipeline.config import load_params; from pipeline.tracking import log_stage\n"
-              "log_stage(load_params('params.yaml'), 'killed', {'a': 1}, {'v': 1.0})\n")
+    script = (
+        "from pipeline.config import load_params; from pipeline.tracking import log_stage\n"
+        "log_stage(load_params('params.yaml'), 'killed', {'a': 1}, {'v': 1.0})\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "QDIT_TRACKING_URI": db, "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env)
     time.sleep(delay)

@@ -35,13 +35,17 @@ class FeatureModule(L.LightningModule):
         index = index.cpu()
         pool, spatial, logits = self.extractor.all(self._images(index.numpy()))
         # float32 is what the network computes; the metrics widen to float64 after the merge
-        return {"index": index, "pool": pool.reshape(len(index), -1).float().cpu(),
-                "spatial": spatial.reshape(len(index), -1).float().cpu(),
-                "logits": logits.reshape(len(index), -1).float().cpu()}
+        return {
+            "index": index,
+            "pool": pool.reshape(len(index), -1).float().cpu(),
+            "spatial": spatial.reshape(len(index), -1).float().cpu(),
+            "logits": logits.reshape(len(index), -1).float().cpu(),
+        }
 
 
-def extract_sets(extractor: torch.nn.Module, sets: list[np.ndarray], batch_size: int, trainer_cfg,
-                 parts_dir: Path) -> list[FeatureSet] | None:
+def extract_sets(
+    extractor: torch.nn.Module, sets: list[np.ndarray], batch_size: int, trainer_cfg, parts_dir: Path
+) -> list[FeatureSet] | None:
     """uint8 [N, H, W, C] image sets -> one FeatureSet each (None on ranks other than the main).
 
     The feature network always runs in float32, whatever trainer.precision the denoiser uses:

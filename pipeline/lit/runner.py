@@ -96,7 +96,8 @@ def _save(obj, path: Path) -> None:
 
 def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage())  # an advert, printed per stage
+        lambda record: "litlogger" not in record.getMessage()
+    )  # an advert, printed per stage
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
@@ -118,8 +119,9 @@ def make_trainer(trainer_cfg, callbacks: list[Callback], progress: bool = True) 
         raise UserError(f"trainer settings cannot be used on this machine: {e}") from None
 
 
-def run_predict(module: L.LightningModule, dataset: Dataset, batch_size: int, trainer_cfg,
-                parts_dir: Path, progress: bool = True) -> tuple[dict[str, torch.Tensor] | None, Any, bool]:
+def run_predict(
+    module: L.LightningModule, dataset: Dataset, batch_size: int, trainer_cfg, parts_dir: Path, progress: bool = True
+) -> tuple[dict[str, torch.Tensor] | None, Any, bool]:
     """Returns (predictions merged by index, reduced state, is_main_process).
 
     Only the main process gets results; other ranks get (None, None, False) and should exit.
@@ -134,8 +136,7 @@ def run_predict(module: L.LightningModule, dataset: Dataset, batch_size: int, tr
     # pad to no more than a rank's share: padding a few images up to a large batch would waste
     # the compute that more devices are meant to save
     share = -(-len(dataset) // trainer.world_size)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        collate_fn=_full_batch(min(batch_size, share)))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_full_batch(min(batch_size, share)))
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
@@ -152,8 +153,10 @@ def _full_batch(batch_size: int):
     rank's share holds a whole batch, every forward then has the same shape on any number of
     devices, and float kernels, whose rounding can depend on the batch size, give the same
     bits. The repeats carry a repeated index, which _merge drops."""
+
     def collate(items):
         return default_collate(list(items) + [items[-1]] * (batch_size - len(items)))
+
     return collate
 
 

@@ -35,9 +35,16 @@ class _DenoiserModule(L.LightningModule):
 
     def _denoise(self, noise, labels, gens, on_step=None) -> torch.Tensor:
         sched = make_scheduler(self.scheduler_name, self.scheduler_config, self.steps)
-        return denoise(self.transformer, sched, noise, labels.to(self.device),
-                       guidance_scale=self.guidance_scale, null_label=self.null_label,
-                       gens=gens, on_step=on_step)
+        return denoise(
+            self.transformer,
+            sched,
+            noise,
+            labels.to(self.device),
+            guidance_scale=self.guidance_scale,
+            null_label=self.null_label,
+            gens=gens,
+            on_step=on_step,
+        )
 
 
 class SamplingModule(_DenoiserModule):
@@ -84,8 +91,7 @@ class CalibrationModule(_DenoiserModule):
                 kept_t[hit] = int(t)
 
         self._denoise(noise, labels, gens, on_step=on_step)
-        return {"index": index, "x": kept, "t": kept_t, "y": labels, "step": want,
-                "trajectory": index.clone()}
+        return {"index": index, "x": kept, "t": kept_t, "y": labels, "step": want, "trajectory": index.clone()}
 
 
 def stratified_steps(num_samples: int, steps: int, seed: int) -> torch.Tensor:

@@ -26,8 +26,9 @@ class StatsModule(L.LightningModule):
     def predict_step(self, index: torch.Tensor) -> dict:
         index = index.cpu()
         dtype = next(self.transformer.parameters()).dtype
-        kw = guided_inputs(self.records["x"][index], self.records["t"][index], self.records["y"][index],
-                           self.guided, self.null_label)
+        kw = guided_inputs(
+            self.records["x"][index], self.records["t"][index], self.records["y"][index], self.guided, self.null_label
+        )
         slots = self.records["step"][index]
         self.collector.set_slots(torch.cat([slots, slots]) if self.guided else slots, kw["timestep"])
         self.transformer(**{k: v.to(self.device, dtype if k == "hidden_states" else None) for k, v in kw.items()})
@@ -38,8 +39,7 @@ class StatsModule(L.LightningModule):
         c = self.collector
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             backend_device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-            for table, op in ((c.min, dist.ReduceOp.MIN), (c.max, dist.ReduceOp.MAX),
-                              (c.absmax, dist.ReduceOp.MAX)):
+            for table, op in ((c.min, dist.ReduceOp.MIN), (c.max, dist.ReduceOp.MAX), (c.absmax, dist.ReduceOp.MAX)):
                 for name in table:
                     t = table[name].to(backend_device)
                     dist.all_reduce(t, op=op)

@@ -57,7 +57,7 @@ class InceptionFeatures(nn.Module):
         pool = self.net(self._rgb(images)).reshape(len(images), -1)
         # ADM's reference statistics flatten the map as [H, W, C]: keep that order so the
         # mu_s/sigma_s of its .npz files apply
-        spatial = self._spatial[:, :self.spatial_channels].permute(0, 2, 3, 1).reshape(len(images), -1)
+        spatial = self._spatial[:, : self.spatial_channels].permute(0, 2, 3, 1).reshape(len(images), -1)
         logits = pool @ self.net.fc.weight.T  # torch-fidelity's "logits_unbiased", as used for IS
         return pool, spatial, logits
 
@@ -78,28 +78,46 @@ def build_extractor(kind: str, model_dir: Path, inception_weights: str | None = 
             from torchmetrics.image.fid import NoTrainInceptionV3
 
             # TF1-style resize (no antialias), as the graph behind ADM's reference statistics
-            net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                     feature_extractor_weights_path=inception_weights, antialias=False)
+            net = NoTrainInceptionV3(
+                name="inception-v3-compat",
+                features_list=["2048"],
+                feature_extractor_weights_path=inception_weights,
+                antialias=False,
+            )
         except ModuleNotFoundError:
-            raise UserError("evaluate.features = 'inception' needs torch-fidelity, which is not "
-                            "installed: pip install -e '.[imagenet]' (kept out of the default "
-                            "install because it replaces torch with a CUDA build)") from None
+            raise UserError(
+                "evaluate.features = 'inception' needs torch-fidelity, which is not "
+                "installed: pip install -e '.[imagenet]' (kept out of the default "
+                "install because it replaces torch with a CUDA build)"
+            ) from None
         except Exception as e:
-            raise UserError(f"cannot build the Inception feature extractor ({e}); offline, download "
-                            "pt_inception-2015-12-05 weights and set evaluate.inception_weights") from None
+            raise UserError(
+                f"cannot build the Inception feature extractor ({e}); offline, download "
+                "pt_inception-2015-12-05 weights and set evaluate.inception_weights"
+            ) from None
         return InceptionFeatures(net)
     raise UserError(f"evaluate.features = {kind!r}; allowed: auto, digits, inception")
 
 
 def _batches(images_u8: np.ndarray, batch_size: int, device, desc: str, progress: bool):
-    for start in tqdm(range(0, len(images_u8), batch_size), desc=desc, mininterval=2.0,
-                      disable=not progress or len(images_u8) <= batch_size):
-        yield torch.from_numpy(images_u8[start:start + batch_size]).permute(0, 3, 1, 2).to(device)
+    for start in tqdm(
+        range(0, len(images_u8), batch_size),
+        desc=desc,
+        mininterval=2.0,
+        disable=not progress or len(images_u8) <= batch_size,
+    ):
+        yield torch.from_numpy(images_u8[start : start + batch_size]).permute(0, 3, 1, 2).to(device)
 
 
 @torch.no_grad()
-def extract(extractor: nn.Module, images_u8: np.ndarray, batch_size: int,
-            device: torch.device | None = None, desc: str = "features", progress: bool = True) -> torch.Tensor:
+def extract(
+    extractor: nn.Module,
+    images_u8: np.ndarray,
+    batch_size: int,
+    device: torch.device | None = None,
+    desc: str = "features",
+    progress: bool = True,
+) -> torch.Tensor:
     """uint8 [N, H, W, C] -> float64 pooled features [N, D]."""
     device = device or torch.device("cpu")
     extractor = extractor.to(device).eval()
@@ -112,8 +130,14 @@ def extract(extractor: nn.Module, images_u8: np.ndarray, batch_size: int,
 
 
 @torch.no_grad()
-def extract_all(extractor: nn.Module, images_u8: np.ndarray, batch_size: int,
-                device: torch.device | None = None, desc: str = "features", progress: bool = True) -> FeatureSet:
+def extract_all(
+    extractor: nn.Module,
+    images_u8: np.ndarray,
+    batch_size: int,
+    device: torch.device | None = None,
+    desc: str = "features",
+    progress: bool = True,
+) -> FeatureSet:
     """uint8 [N, H, W, C] -> pooled, spatial and logit features, in one pass over the images."""
     device = device or torch.device("cpu")
     extractor = extractor.to(device).eval()

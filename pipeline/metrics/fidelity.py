@@ -21,7 +21,7 @@ def _nchw(images_u8: np.ndarray) -> torch.Tensor:
 
 def _chunks(images_u8: np.ndarray, reference_u8: np.ndarray):
     for i in range(0, len(images_u8), CHUNK):
-        yield _nchw(images_u8[i:i + CHUNK]), _nchw(reference_u8[i:i + CHUNK])
+        yield _nchw(images_u8[i : i + CHUNK]), _nchw(reference_u8[i : i + CHUNK])
 
 
 def psnr(images_u8: np.ndarray, reference_u8: np.ndarray) -> float:
@@ -31,7 +31,7 @@ def psnr(images_u8: np.ndarray, reference_u8: np.ndarray) -> float:
     # squared differences of uint8 values are integers: float64 sums them exactly
     sse = sum(float(((a - b) ** 2).sum()) for a, b in _chunks(images_u8, reference_u8))
     mse = sse / images_u8.size
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def ssim(images_u8: np.ndarray, reference_u8: np.ndarray) -> float:
@@ -40,7 +40,10 @@ def ssim(images_u8: np.ndarray, reference_u8: np.ndarray) -> float:
     are about 35x slower, minutes for 10,000 images of 256x256."""
     size = min(images_u8.shape[1], images_u8.shape[2])
     kernel = min(11, size if size % 2 else size - 1)
-    per_image = [structural_similarity_index_measure(a.float(), b.float(), data_range=255.0, kernel_size=kernel,
-                                                     reduction="none")
-                 for a, b in _chunks(images_u8, reference_u8)]
+    per_image = [
+        structural_similarity_index_measure(
+            a.float(), b.float(), data_range=255.0, kernel_size=kernel, reduction="none"
+        )
+        for a, b in _chunks(images_u8, reference_u8)
+    ]
     return float(torch.cat(per_image).double().mean())

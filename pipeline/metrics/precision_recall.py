@@ -23,7 +23,7 @@ def manifold_radii(feats: torch.Tensor, k: int = 3) -> torch.Tensor:
         raise ValueError(f"k = {k} nearest neighbours needs more than k points; the set has {len(feats)}")
     radii = []
     for start in range(0, len(feats), _ROWS):
-        d = _distances(feats[start:start + _ROWS], feats)
+        d = _distances(feats[start : start + _ROWS], feats)
         radii.append(d.kthvalue(k + 1, dim=1).values)  # the point itself is the 1st, at 0
     return torch.cat(radii)
 
@@ -32,13 +32,14 @@ def inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> 
     """Boolean per point: within the radius of at least one centre."""
     out = []
     for start in range(0, len(points), _ROWS):
-        d = _distances(points[start:start + _ROWS], centres)
+        d = _distances(points[start : start + _ROWS], centres)
         out.append((d <= radii[None, :]).any(dim=1))
     return torch.cat(out)
 
 
-def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int = 3,
-                     real_radii: torch.Tensor | None = None) -> tuple[float, float]:
+def precision_recall(
+    fake: torch.Tensor, real: torch.Tensor, k: int = 3, real_radii: torch.Tensor | None = None
+) -> tuple[float, float]:
     """(precision, recall) of generated features [N, D] against real features [M, D];
     `real_radii` (manifold_radii(real, k)) when the caller already has them."""
     if fake.shape[1] != real.shape[1]:

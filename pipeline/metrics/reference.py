@@ -41,14 +41,18 @@ def load_reference(reference: str, image_shape: tuple[int, int, int]) -> Referen
 
         images, _ = load_digits_images()
         if images.shape[1:] != tuple(image_shape):
-            raise UserError(f"evaluate.reference = 'digits' holds 8x8x1 images but the samples are "
-                            f"{'x'.join(map(str, image_shape))}; set evaluate.reference to an image "
-                            "folder or an ADM .npz for this model")
+            raise UserError(
+                f"evaluate.reference = 'digits' holds 8x8x1 images but the samples are "
+                f"{'x'.join(map(str, image_shape))}; set evaluate.reference to an image "
+                "folder or an ADM .npz for this model"
+            )
         return Reference(images=images)
     path = Path(reference).expanduser()
     if not path.exists():
-        raise UserError(f"evaluate.reference = {reference!r}: no such file or directory; allowed: "
-                        "'digits', an ADM reference batch (.npz) or a folder of images")
+        raise UserError(
+            f"evaluate.reference = {reference!r}: no such file or directory; allowed: "
+            "'digits', an ADM reference batch (.npz) or a folder of images"
+        )
     if path.is_file():
         return _from_npz(path)
     return Reference(images=_from_folder(path, image_shape))
@@ -59,8 +63,7 @@ def _from_npz(path: Path) -> Reference:
         with np.load(path) as z:
             keys = set(z.keys())
             if not ({"mu", "sigma"} <= keys or "arr_0" in keys):
-                raise UserError(f"{path}: reference .npz has neither 'mu'/'sigma' nor 'arr_0' "
-                                f"(found {sorted(keys)})")
+                raise UserError(f"{path}: reference .npz has neither 'mu'/'sigma' nor 'arr_0' (found {sorted(keys)})")
             ref = Reference(images=z["arr_0"] if "arr_0" in keys else None)
             if {"mu", "sigma"} <= keys:
                 ref.pool_stats = (z["mu"].astype(np.float64), z["sigma"].astype(np.float64))
@@ -75,8 +78,9 @@ def _from_npz(path: Path) -> Reference:
         raise UserError(f"{path}: 'arr_0' must be uint8 images [N, H, W, C], got {images.dtype} {images.shape}")
     for name, stats in (("mu/sigma", ref.pool_stats), ("mu_s/sigma_s", ref.spatial_stats)):
         if stats is not None and (stats[0].ndim != 1 or stats[1].shape != (len(stats[0]),) * 2):
-            raise UserError(f"{path}: '{name}' must be a vector [D] and a matrix [D, D], got "
-                            f"{stats[0].shape} and {stats[1].shape}")
+            raise UserError(
+                f"{path}: '{name}' must be a vector [D] and a matrix [D, D], got {stats[0].shape} and {stats[1].shape}"
+            )
     return ref
 
 
@@ -85,8 +89,9 @@ def _from_folder(path: Path, image_shape) -> np.ndarray:
 
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < 2:
-        raise UserError(f"{path}: reference folder holds {len(files)} images ({', '.join(IMAGE_SUFFIXES)}); "
-                        "FID needs at least 2")
+        raise UserError(
+            f"{path}: reference folder holds {len(files)} images ({', '.join(IMAGE_SUFFIXES)}); FID needs at least 2"
+        )
     h, w, c = image_shape
     out = np.empty((len(files), h, w, c), dtype=np.uint8)
     for i, f in enumerate(files):

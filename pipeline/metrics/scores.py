@@ -18,8 +18,7 @@ from pipeline.metrics.fid import Precomputed
 IS_SPLIT_SIZE = 5000  # images per split, as the ADM evaluator (10,000 images -> 2 splits)
 
 
-def kid(fake: torch.Tensor, real: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> float:
+def kid(fake: torch.Tensor, real: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> float:
     """Kernel Inception Distance (mean over `subsets` random subsets); subsets shrink to the
     smaller set when it holds fewer than `subset_size` points."""
     size = min(subset_size, len(fake), len(real))
@@ -27,8 +26,9 @@ def kid(fake: torch.Tensor, real: torch.Tensor, subsets: int = 100, subset_size:
         raise ValueError(f"KID needs at least 2 images per set; got {len(fake)} generated, {len(real)} real")
     with warnings.catch_warnings():  # "will save all extracted features": they are already in memory
         warnings.simplefilter("ignore", UserWarning)
-        metric = KernelInceptionDistance(feature=Precomputed(fake.shape[1]), subsets=subsets, subset_size=size,
-                                         sync_on_compute=False).double()
+        metric = KernelInceptionDistance(
+            feature=Precomputed(fake.shape[1]), subsets=subsets, subset_size=size, sync_on_compute=False
+        ).double()
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     with torch.random.fork_rng(devices=[]):

@@ -36,25 +36,33 @@ class RealFeatures:
 
 def _check_dim(name: str, fake: torch.Tensor, stats: Stats | None) -> None:
     if stats is not None and len(stats[0]) != fake.shape[1]:
-        raise UserError(f"evaluate.reference: its '{name}' statistics are {len(stats[0])}-d but the "
-                        f"features are {fake.shape[1]}-d; statistics must come from the same feature "
-                        "network (ADM reference batches: evaluate.features = inception)")
+        raise UserError(
+            f"evaluate.reference: its '{name}' statistics are {len(stats[0])}-d but the "
+            f"features are {fake.shape[1]}-d; statistics must come from the same feature "
+            "network (ADM reference batches: evaluate.features = inception)"
+        )
 
 
-def distribution_metrics(fake: FeatureSet, real: RealFeatures, *, k: int = 3, kid_subsets: int = 100,
-                         kid_subset_size: int = 1000) -> dict[str, float | None]:
+def distribution_metrics(
+    fake: FeatureSet, real: RealFeatures, *, k: int = 3, kid_subsets: int = 100, kid_subset_size: int = 1000
+) -> dict[str, float | None]:
     """Every metric of the suite for one generated set; a metric the reference cannot
     support (KID and precision/recall need reference images) is None."""
     _check_dim("mu/sigma", fake.pool, real.pool_stats)
     _check_dim("mu_s/sigma_s", fake.spatial, real.spatial_stats)
     pool = real.pool_stats if real.pool_stats is not None else real.feats.pool
-    spatial = real.spatial_stats if real.spatial_stats is not None else \
-        (real.feats.spatial if real.feats is not None else None)
+    spatial = (
+        real.spatial_stats
+        if real.spatial_stats is not None
+        else (real.feats.spatial if real.feats is not None else None)
+    )
     out: dict[str, float | None] = {
         "fid": frechet_distance(fake.pool, pool),
         "sfid": frechet_distance(fake.spatial, spatial) if spatial is not None else None,
         "is": inception_score(fake.logits),
-        "kid": None, "precision": None, "recall": None,
+        "kid": None,
+        "precision": None,
+        "recall": None,
     }
     if real.feats is not None:
         out["kid"] = kid(fake.pool, real.feats.pool, kid_subsets, kid_subset_size)
@@ -65,4 +73,3 @@ def distribution_metrics(fake: FeatureSet, real: RealFeatures, *, k: int = 3, ki
 def fidelity_fid(fake: FeatureSet, fp: FeatureSet) -> float:
     """FID of the generated set against the FP model's set from the same seeds."""
     return frechet_distance(fake.pool, fp.pool)
-

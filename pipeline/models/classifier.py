@@ -70,7 +70,7 @@ class DigitFeatures(nn.Module):
         c = self.classifier
         spatial = c.spatial(images)
         pool = F.relu(c.fc(spatial.flatten(1)))
-        return pool, spatial[:, :self.spatial_channels].flatten(1), c.head(pool)
+        return pool, spatial[:, : self.spatial_channels].flatten(1), c.head(pool)
 
 
 def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -79,9 +79,17 @@ def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int, batch_size: int,
-                     learning_rate: float, holdout: float, seed: int,
-                     progress: bool = True) -> tuple[DigitClassifier, float]:
+def train_classifier(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    holdout: float,
+    seed: int,
+    progress: bool = True,
+) -> tuple[DigitClassifier, float]:
     """Train on a seeded split; returns the model (eval mode) and its held-out accuracy."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -96,7 +104,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int, bat
         model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
         for start in range(0, len(order), batch_size):
-            b = order[start:start + batch_size]
+            b = order[start : start + batch_size]
             xb = _shift(x[b].float(), gen)
             loss = F.cross_entropy(model(xb), y[b])
             opt.zero_grad(set_to_none=True)
@@ -111,16 +119,20 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int, bat
 def save_classifier(model: DigitClassifier, out_dir: Path, accuracy: float) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(out_dir / "model.safetensors"))
-    (out_dir / "config.json").write_text(json.dumps(
-        {"arch": "DigitClassifier", "num_features": model.num_features, "heldout_accuracy": accuracy},
-        indent=2))
+    (out_dir / "config.json").write_text(
+        json.dumps(
+            {"arch": "DigitClassifier", "num_features": model.num_features, "heldout_accuracy": accuracy}, indent=2
+        )
+    )
 
 
 def load_classifier(model_dir: Path) -> DigitClassifier:
     path = Path(model_dir) / "classifier" / "model.safetensors"
     if not path.is_file():
-        raise UserError(f"{path}: digit classifier not found; the digit-feature metrics need a model "
-                        "built with model.source: tiny (use evaluate.features: inception otherwise)")
+        raise UserError(
+            f"{path}: digit classifier not found; the digit-feature metrics need a model "
+            "built with model.source: tiny (use evaluate.features: inception otherwise)"
+        )
     model = DigitClassifier()
     try:
         model.load_state_dict(load_file(str(path)))

@@ -56,23 +56,30 @@ def _stabilise(config_path: Path) -> None:
     config_path.write_text(json.dumps(_stable_config(json.loads(config_path.read_text())), indent=2, sort_keys=True))
 
 
-def save_fp_model(out_dir: Path, transformer: DiTTransformer2DModel, vae: AutoencoderKL | None,
-                  scheduler_config: dict, info: dict) -> None:
+def save_fp_model(
+    out_dir: Path, transformer: DiTTransformer2DModel, vae: AutoencoderKL | None, scheduler_config: dict, info: dict
+) -> None:
     transformer.save_pretrained(out_dir / "transformer")
     _stabilise(out_dir / "transformer" / "config.json")
     (out_dir / "scheduler").mkdir(parents=True, exist_ok=True)
     (out_dir / "scheduler" / "scheduler_config.json").write_text(
-        json.dumps(_stable_config(scheduler_config), indent=2, sort_keys=True))
+        json.dumps(_stable_config(scheduler_config), indent=2, sort_keys=True)
+    )
     cls_name = scheduler_config.get("_class_name", "DDPMScheduler")
     if vae is not None:
         vae.save_pretrained(out_dir / "vae")
         _stabilise(out_dir / "vae" / "config.json")
-        (out_dir / "model_index.json").write_text(json.dumps({
-            "_class_name": "DiTPipeline",
-            "transformer": ["diffusers", "DiTTransformer2DModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-            "scheduler": ["diffusers", cls_name],
-        }, indent=2))
+        (out_dir / "model_index.json").write_text(
+            json.dumps(
+                {
+                    "_class_name": "DiTPipeline",
+                    "transformer": ["diffusers", "DiTTransformer2DModel"],
+                    "vae": ["diffusers", "AutoencoderKL"],
+                    "scheduler": ["diffusers", cls_name],
+                },
+                indent=2,
+            )
+        )
     (out_dir / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
 
@@ -91,8 +98,10 @@ def load_fp_model(model_dir: str | Path) -> FPModel:
         vae = AutoencoderKL.from_pretrained(model_dir / "vae") if info.get("latent") else None
         sched_cfg = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
     except Exception as e:
-        raise UserError(f"{model_dir}: FP model directory is incomplete or corrupt ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}); rerun the `model` stage") from None
+        raise UserError(
+            f"{model_dir}: FP model directory is incomplete or corrupt ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); rerun the `model` stage"
+        ) from None
     transformer.eval().requires_grad_(False)
     if vae is not None:
         vae.eval().requires_grad_(False)
@@ -105,15 +114,19 @@ def fetch_dit(source: str) -> tuple[DiTTransformer2DModel, AutoencoderKL, dict]:
     local = path.exists()
     if local:
         if not (path / "transformer" / "config.json").is_file():
-            raise UserError(f"model.source = {source!r}: directory is not a diffusers DiT pipeline "
-                            "(expected transformer/, vae/ and scheduler/ subfolders, as in "
-                            "facebook/DiT-XL-2-256)")
+            raise UserError(
+                f"model.source = {source!r}: directory is not a diffusers DiT pipeline "
+                "(expected transformer/, vae/ and scheduler/ subfolders, as in "
+                "facebook/DiT-XL-2-256)"
+            )
         where = str(path)
     elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
         where = source  # Hub id; resolved from the local cache when offline
     else:
-        raise UserError(f"model.source = {source!r}: no such directory, and not a Hugging Face Hub "
-                        "id (owner/name); allowed: 'tiny', a local diffusers DiT directory, or a Hub id")
+        raise UserError(
+            f"model.source = {source!r}: no such directory, and not a Hugging Face Hub "
+            "id (owner/name); allowed: 'tiny', a local diffusers DiT directory, or a Hub id"
+        )
     try:
         transformer = DiTTransformer2DModel.from_pretrained(where, subfolder="transformer")
         vae = AutoencoderKL.from_pretrained(where, subfolder="vae")
@@ -123,14 +136,17 @@ def fetch_dit(source: str) -> tuple[DiTTransformer2DModel, AutoencoderKL, dict]:
     except Exception as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         if local:
-            raise UserError(f"model.source = {source!r}: cannot load the DiT from this directory "
-                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            raise UserError(
+                f"model.source = {source!r}: cannot load the DiT from this directory "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
         raise UserError(
             f"model.source = {source!r}: cannot load it from the Hugging Face Hub"
             f"{' (HF_HUB_OFFLINE is set)' if offline else ' (no network, or not in the local cache)'}. "
             f"On a machine with internet run `huggingface-cli download {source} --local-dir "
             f"/path/to/{source.split('/')[-1]}`, copy the folder here and set model.source to that "
-            "directory in params.yaml") from None
+            "directory in params.yaml"
+        ) from None
     transformer.eval().requires_grad_(False)
     vae.eval().requires_grad_(False)
     return transformer, vae, sched_cfg

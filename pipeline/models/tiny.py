@@ -66,21 +66,31 @@ def disable_label_dropout(model: DiTTransformer2DModel) -> None:
 
 
 def noise_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True,
-                         prediction_type="epsilon")
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, prediction_type="epsilon")
 
 
-def train_tiny_dit(model: DiTTransformer2DModel, images: torch.Tensor, labels: torch.Tensor, *,
-                   steps: int, batch_size: int, learning_rate: float, warmup_steps: int,
-                   ema_decay: float, class_dropout: float, seed: int,
-                   progress: bool = True) -> tuple[DiTTransformer2DModel, list[float]]:
+def train_tiny_dit(
+    model: DiTTransformer2DModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    warmup_steps: int,
+    ema_decay: float,
+    class_dropout: float,
+    seed: int,
+    progress: bool = True,
+) -> tuple[DiTTransformer2DModel, list[float]]:
     """Epsilon-prediction DDPM training; returns the EMA model (in eval mode) and the loss curve."""
     gen = torch.Generator().manual_seed(seed)
     sched = noise_scheduler()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
-    lr_at = lambda i: learning_rate * min(1.0, (i + 1) / max(1, warmup_steps)) * \
-        0.5 * (1 + math.cos(math.pi * i / steps))  # warm-up, then cosine decay
+    lr_at = lambda i: (
+        learning_rate * min(1.0, (i + 1) / max(1, warmup_steps)) * 0.5 * (1 + math.cos(math.pi * i / steps))
+    )  # warm-up, then cosine decay
     model.train()
     losses: list[float] = []
     bar = tqdm(range(steps), desc="train tiny DiT", disable=not progress, mininterval=2.0)

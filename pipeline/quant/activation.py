@@ -56,8 +56,9 @@ def attach_timestep_context(model: nn.Module) -> TimestepContext:
     return ctx
 
 
-def dynamic_qparams(x: torch.Tensor, bits: int, g: int, symmetric: bool
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dynamic_qparams(
+    x: torch.Tensor, bits: int, g: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [..., K] as float32 groups [rows, K / g, g], and each group's scale and zero point
     [rows, K / g, 1] from its own min/max: dynamic quantization's parameters."""
     xg = x.reshape(-1, x.shape[-1] // g, g).float()
@@ -84,8 +85,12 @@ class ActQuantizer(KeepDtypeBuffers):
 
     _keep_dtype = ("scale", "zero", "timesteps")
 
-    def __init__(self, spec: ActSpec, static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                 ctx: TimestepContext | None = None):
+    def __init__(
+        self,
+        spec: ActSpec,
+        static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        ctx: TimestepContext | None = None,
+    ):
         super().__init__()
         self.spec = spec
         self.ctx = ctx
@@ -102,8 +107,12 @@ class ActQuantizer(KeepDtypeBuffers):
         return self.spec.static
 
     @classmethod
-    def from_ranges(cls, spec: ActSpec, ranges: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-                    ctx: TimestepContext | None = None) -> "ActQuantizer":
+    def from_ranges(
+        cls,
+        spec: ActSpec,
+        ranges: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        ctx: TimestepContext | None = None,
+    ) -> ActQuantizer:
         """ranges: (lo [T], hi [T], timesteps [T]) from the stats stage."""
         static = None
         if ranges is not None and spec.static:
@@ -117,8 +126,10 @@ class ActQuantizer(KeepDtypeBuffers):
             return self.scale, self.zero
         t = self.ctx.timestep if self.ctx is not None else None
         if t is None:
-            raise RuntimeError("static_timestep activation quantization needs the model's timestep; "
-                               "attach_timestep_context(model) first")
+            raise RuntimeError(
+                "static_timestep activation quantization needs the model's timestep; "
+                "attach_timestep_context(model) first"
+            )
         t = torch.as_tensor(t, device=x.device).float().reshape(-1)
         slot = (self.timesteps[None, :] - t[:, None]).abs().argmin(1)  # nearest calibrated timestep
         view = (-1,) + (1,) * (x.dim() - 1)

@@ -7,7 +7,7 @@ move the integer state through safetensors-ready dicts.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -69,12 +69,27 @@ def act_ranges(stats: dict[str, torch.Tensor], plan: QuantPlan) -> Ranges:
     return out
 
 
-def quant_linear(model: nn.Module, name: str, lp: LayerPlan, plan: QuantPlan, ranges: Ranges | None,
-                  ctx: TimestepContext | None, codes=None) -> QuantLinear:
+def quant_linear(
+    model: nn.Module,
+    name: str,
+    lp: LayerPlan,
+    plan: QuantPlan,
+    ranges: Ranges | None,
+    ctx: TimestepContext | None,
+    codes=None,
+) -> QuantLinear:
     linear = model.get_submodule(name)
-    return QuantLinear.from_linear(linear, lp.weight_bits, lp.weight_granularity, lp.act_spec,
-                                   act_ranges=(ranges or {}).get(name), ctx=ctx, symmetric=lp.weight_symmetric,
-                                   clip=plan.clip_search, codes=codes)
+    return QuantLinear.from_linear(
+        linear,
+        lp.weight_bits,
+        lp.weight_granularity,
+        lp.act_spec,
+        act_ranges=(ranges or {}).get(name),
+        ctx=ctx,
+        symmetric=lp.weight_symmetric,
+        clip=plan.clip_search,
+        codes=codes,
+    )
 
 
 def quantize_model(model: nn.Module, plan: QuantPlan, ranges: Ranges | None = None) -> nn.Module:
@@ -102,8 +117,16 @@ def _stages(plan: QuantPlan) -> list[tuple[str | None, list[str]]]:
     return [(k, groups[k]) for k in blocks] + ([(None, groups[None])] if None in groups else [])
 
 
-def gptq_model(model: nn.Module, plan: QuantPlan, batches: list[dict], ranges: Ranges | None = None, *,
-               block_size: int = 128, damp: float = 0.01, progress: bool = True) -> nn.Module:
+def gptq_model(
+    model: nn.Module,
+    plan: QuantPlan,
+    batches: list[dict],
+    ranges: Ranges | None = None,
+    *,
+    block_size: int = 128,
+    damp: float = 0.01,
+    progress: bool = True,
+) -> nn.Module:
     """GPTQ block by block: the Hessians of block k's linears come from inputs that already
     passed through the quantized blocks 0..k-1, as they will at sampling time."""
     plan.validate(linear_in_features(model))
@@ -122,8 +145,10 @@ def gptq_model(model: nn.Module, plan: QuantPlan, batches: list[dict], ranges: R
             hooks.append(layer.register_forward_pre_hook(_finite_check(name, current)))
             hooks.append(layer.register_forward_pre_hook(lambda m, args, name=name: accs[name].add(args[0])))
         if block_name is not None:
+
             def stop(module, args, output):
                 raise _Stop
+
             hooks.append(model.get_submodule(block_name).register_forward_hook(stop))
         try:
             with torch.no_grad():
@@ -141,8 +166,16 @@ def gptq_model(model: nn.Module, plan: QuantPlan, batches: list[dict], ranges: R
             codes = None
             if name in accs:
                 layer = model.get_submodule(name)
-                codes = gptq_quantize(layer.weight, accs[name].hessian(), lp.weight_bits, lp.weight_granularity,
-                                      lp.weight_symmetric, plan.clip_search, block_size, damp)
+                codes = gptq_quantize(
+                    layer.weight,
+                    accs[name].hessian(),
+                    lp.weight_bits,
+                    lp.weight_granularity,
+                    lp.weight_symmetric,
+                    plan.clip_search,
+                    block_size,
+                    damp,
+                )
             set_module(model, name, quant_linear(model, name, lp, plan, ranges, ctx, codes))
     set_attention(model, plan)
     return model
@@ -172,8 +205,9 @@ def quant_state(model: nn.Module, plan: QuantPlan) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
-def load_quantized(model: nn.Module, plan: QuantPlan, state: dict[str, torch.Tensor], source: str = "state"
-                   ) -> nn.Module:
+def load_quantized(
+    model: nn.Module, plan: QuantPlan, state: dict[str, torch.Tensor], source: str = "state"
+) -> nn.Module:
     """Rebuild the QuantLinear modules of a plan from `quant_state` output, in place."""
     try:
         plan.validate(linear_in_features(model))
@@ -186,18 +220,30 @@ def load_quantized(model: nn.Module, plan: QuantPlan, state: dict[str, torch.Ten
             raise UserError(f"{source}: quantized state lacks '{key}'; rerun the `quantize` stage")
         t = state[key]
         if shape is not None and tuple(t.shape) != tuple(shape):
-            raise UserError(f"{source}: '{key}' has shape {tuple(t.shape)}, the model needs {tuple(shape)}; "
-                            "it was made for another model")
+            raise UserError(
+                f"{source}: '{key}' has shape {tuple(t.shape)}, the model needs {tuple(shape)}; "
+                "it was made for another model"
+            )
         return t
 
     for name, lp in plan.layers.items():
         linear = model.get_submodule(name)
-        static = (get(f"{name}.act.scale"), get(f"{name}.act.zero"), get(f"{name}.act.timesteps")) \
-            if lp.act_spec.static else None
+        static = (
+            (get(f"{name}.act.scale"), get(f"{name}.act.zero"), get(f"{name}.act.timesteps"))
+            if lp.act_spec.static
+            else None
+        )
         act = ActQuantizer(lp.act_spec, static, ctx)
-        q = QuantLinear(linear.in_features, linear.out_features, linear.bias is not None, lp.weight_bits,
-                        lp.weight_granularity, act, dtype=linear.weight.dtype,
-                        weight_symmetric=lp.weight_symmetric).to(linear.weight.device)
+        q = QuantLinear(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            lp.weight_bits,
+            lp.weight_granularity,
+            act,
+            dtype=linear.weight.dtype,
+            weight_symmetric=lp.weight_symmetric,
+        ).to(linear.weight.device)
         with torch.no_grad():
             if lp.weight_bits == FP_BITS:
                 q.weight.copy_(get(f"{name}.weight", linear.weight.shape))
@@ -228,8 +274,7 @@ def model_size(model: nn.Module) -> dict[str, float]:
             bias = m.bias is not None
             fp16_bits += weight_storage_bits(m.in_features, m.out_features, FP_BITS, 0, True, bias)
             pairs = 0 if m.weight_bits == FP_BITS else m.w_scale.numel()
-            q_bits += weight_storage_bits(m.in_features, m.out_features, m.weight_bits, pairs,
-                                          m.weight_symmetric, bias)
+            q_bits += weight_storage_bits(m.in_features, m.out_features, m.weight_bits, pairs, m.weight_symmetric, bias)
             if m.act.is_static:
                 q_bits += m.act.scale.numel() * (16 + m.act.spec.bits)
     for name, p in model.named_parameters():
@@ -242,6 +287,7 @@ def model_size(model: nn.Module) -> dict[str, float]:
 def _finite_check(name: str, current: dict):
     def hook(module, args):
         require_finite(args[0], current["timestep"], "activation", f"at the input of layer '{name}'")
+
     return hook
 
 
@@ -268,8 +314,12 @@ def measure_shapes(model: nn.Module, names: Iterable[str], kwargs: dict) -> dict
     (DiT: the patch tokens; rows / batch size, so classifier-free guidance does not count)."""
     rows: dict[str, int] = {}
     images = kwargs["hidden_states"].shape[0]
-    hooks = [model.get_submodule(n).register_forward_pre_hook(
-        lambda m, args, n=n: rows.__setitem__(n, args[0].numel() // args[0].shape[-1])) for n in names]
+    hooks = [
+        model.get_submodule(n).register_forward_pre_hook(
+            lambda m, args, n=n: rows.__setitem__(n, args[0].numel() // args[0].shape[-1])
+        )
+        for n in names
+    ]
     try:
         model(**kwargs)
     finally:

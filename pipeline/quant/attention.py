@@ -21,10 +21,17 @@ class QuantAttnProcessor:
     def _q(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.bits == FP_BITS else dynamic_fake_quant(x, self.bits, None)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 *args, **kwargs):
-        if (encoder_hidden_states is not None or attention_mask is not None or attn.spatial_norm is not None
-                or attn.group_norm is not None or attn.norm_q is not None or attn.residual_connection):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
+        if (
+            encoder_hidden_states is not None
+            or attention_mask is not None
+            or attn.spatial_norm is not None
+            or attn.group_norm is not None
+            or attn.norm_q is not None
+            or attn.residual_connection
+        ):
             raise NotImplementedError("QuantAttnProcessor supports DiT self-attention only")
         b, n, _ = hidden_states.shape
         heads = attn.heads

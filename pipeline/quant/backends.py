@@ -119,8 +119,11 @@ class Fp8Gemm(KeepDtypeBuffers):
     def forward(self, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         # the Triton kernel on GPUs only: the interpreter rounds to E4M3 wrongly at binade edges
-        q, s = (lowbit_kernels.fp8_rows if x.is_cuda and lowbit_kernels.triton is not None
-                else lowbit_kernels.fp8_rows_reference)(x2)
+        q, s = (
+            lowbit_kernels.fp8_rows
+            if x.is_cuda and lowbit_kernels.triton is not None
+            else lowbit_kernels.fp8_rows_reference
+        )(x2)
         if x.is_cuda:  # row-wise scaled FP8 GEMM (it writes bf16 only)
             y = torch._scaled_mm(q, self.w8.t(), scale_a=s, scale_b=self.w_scale, out_dtype=torch.bfloat16).to(x.dtype)
         else:  # the same E4M3 operands multiplied in float32: CPU _scaled_mm is per-tensor only before torch 2.13
@@ -149,18 +152,25 @@ def _check_hardware(backend: str) -> None:
         if torch.cuda.is_available():
             cc = torch.cuda.get_device_capability()
             if cc < (8, 9):
-                raise UserError(f"quant.backend = 'fp8' needs an NVIDIA GPU of compute capability 8.9 or newer "
-                                f"(Ada, Hopper); this GPU ({torch.cuda.get_device_name()}) is {cc[0]}.{cc[1]}. "
-                                "Use 'int8' or 'fake'")
+                raise UserError(
+                    f"quant.backend = 'fp8' needs an NVIDIA GPU of compute capability 8.9 or newer "
+                    f"(Ada, Hopper); this GPU ({torch.cuda.get_device_name()}) is {cc[0]}.{cc[1]}. "
+                    "Use 'int8' or 'fake'"
+                )
         elif not hasattr(torch, "float8_e4m3fn") or not hasattr(torch, "_scaled_mm"):
-            raise UserError(f"quant.backend = 'fp8' needs FP8 support in torch (2.4+); torch {torch.__version__} "
-                            "has none. Use 'fake'")
+            raise UserError(
+                f"quant.backend = 'fp8' needs FP8 support in torch (2.4+); torch {torch.__version__} "
+                "has none. Use 'fake'"
+            )
     # Triton's interpreter (TRITON_INTERPRET=1) runs the kernel on a CPU: how it is tested there
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     if backend == "int4" and not (lowbit_kernels.triton is not None and (torch.cuda.is_available() or interpreting)):
-        raise UserError("quant.backend = 'int4' needs Triton and a CUDA GPU (its kernel dequantizes inside the "
-                        "GEMM); this machine has " + ("no CUDA GPU" if lowbit_kernels.triton is not None
-                                                       else "no Triton") + ". Use 'fake' (the same numbers)")
+        raise UserError(
+            "quant.backend = 'int4' needs Triton and a CUDA GPU (its kernel dequantizes inside the "
+            "GEMM); this machine has "
+            + ("no CUDA GPU" if lowbit_kernels.triton is not None else "no Triton")
+            + ". Use 'fake' (the same numbers)"
+        )
 
 
 def _check_layer(layer: nn.Module, name: str, backend: str) -> None:
@@ -169,19 +179,27 @@ def _check_layer(layer: nn.Module, name: str, backend: str) -> None:
     if backend == "fp8":
         a = spec.bits if spec.active else FP_BITS
         if layer.weight_bits != 8 or a != 8:
-            raise UserError(f"quant.backend = 'fp8' computes W8A8; layer {name!r} is W{layer.weight_bits}A{a} "
-                            "(use 'int4' for 4-bit weights, 'int8' or 'fake' otherwise)")
+            raise UserError(
+                f"quant.backend = 'fp8' computes W8A8; layer {name!r} is W{layer.weight_bits}A{a} "
+                "(use 'int4' for 4-bit weights, 'int8' or 'fake' otherwise)"
+            )
         if k % 16 or n % 16:
-            raise UserError(f"quant.backend = 'fp8': layer {name!r} is {k} -> {n}; torch._scaled_mm needs both "
-                            "sizes to be multiples of 16")
+            raise UserError(
+                f"quant.backend = 'fp8': layer {name!r} is {k} -> {n}; torch._scaled_mm needs both "
+                "sizes to be multiples of 16"
+            )
     if backend == "int4":
         if layer.weight_bits > PACKED_BITS:
-            raise UserError(f"quant.backend = 'int4' needs weights of at most 4 bits; layer {name!r} has "
-                            f"W{layer.weight_bits} (use 'fp8', 'int8' or 'fake')")
+            raise UserError(
+                f"quant.backend = 'int4' needs weights of at most 4 bits; layer {name!r} has "
+                f"W{layer.weight_bits} (use 'fp8', 'int8' or 'fake')"
+            )
         group = k // layer.w_scale.shape[1]  # per tensor, channel or group alike
         if lowbit_kernels.w4_block_k(k, group) is None:
-            raise UserError(f"quant.backend = 'int4': layer {name!r} has {k} input channels in groups of {group}; "
-                            "its kernel needs groups of a multiple of 16 channels and input sizes of a multiple of 32")
+            raise UserError(
+                f"quant.backend = 'int4': layer {name!r} has {k} input channels in groups of {group}; "
+                "its kernel needs groups of a multiple of 16 channels and input sizes of a multiple of 32"
+            )
 
 
 def _block(layer, name: str) -> int:
@@ -189,14 +207,18 @@ def _block(layer, name: str) -> int:
     k = layer.in_features
     spec = layer.act.spec
     if not spec.active or spec.bits > 8:
-        raise UserError(f"quant.backend = 'int8' needs activations of at most 8 bits; layer {name!r} has "
-                        f"A{spec.bits if spec.active else FP_BITS} (use backend 'fake', or quant.act.bits <= 8)")
+        raise UserError(
+            f"quant.backend = 'int8' needs activations of at most 8 bits; layer {name!r} has "
+            f"A{spec.bits if spec.active else FP_BITS} (use backend 'fake', or quant.act.bits <= 8)"
+        )
     g_w = k // layer.w_scale.shape[1]
     g_a = (spec.group_size or k) if spec.mode == "dynamic" else k
     small, large = sorted((g_w, g_a))
     if large % small:
-        raise UserError(f"quant.backend = 'int8': layer {name!r} has weight groups of {g_w} and activation "
-                        f"groups of {g_a} channels; one must divide the other")
+        raise UserError(
+            f"quant.backend = 'int8': layer {name!r} has weight groups of {g_w} and activation "
+            f"groups of {g_a} channels; one must divide the other"
+        )
     return small
 
 

@@ -35,7 +35,7 @@ class LayerShape:
 
 @dataclass(frozen=True)
 class Cost:
-    bits: int    # storage of the layers' weights, scales, zero points and biases
+    bits: int  # storage of the layers' weights, scales, zero points and biases
     bitops: int  # per image per denoiser forward
 
     @property
@@ -50,12 +50,13 @@ class Cost:
         """The budget quantity: 'bitops' in GBOPs or 'size' in MB."""
         return {"bitops": self.gbitops, "size": self.size_mb}[metric]
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         return Cost(self.bits + other.bits, self.bitops + other.bitops)
 
 
-def weight_storage_bits(in_features: int, out_features: int, bits: int, scale_pairs: int,
-                        symmetric: bool, bias: bool) -> int:
+def weight_storage_bits(
+    in_features: int, out_features: int, bits: int, scale_pairs: int, symmetric: bool, bias: bool
+) -> int:
     """Weights at `bits`, `scale_pairs` float16 scales (+ b-bit zero points), bias at 16."""
     n = in_features * out_features
     extra = SCALE_BITS * out_features if bias else 0

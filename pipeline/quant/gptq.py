@@ -38,9 +38,16 @@ def _group_params(w: torch.Tensor, bits: int, symmetric: bool, clip: bool):
     return qparams(w.amin(1, keepdim=True), w.amax(1, keepdim=True), bits, symmetric)
 
 
-def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, granularity: Granularity,
-                  symmetric: bool = False, clip: bool = False, block_size: int = 128, damp: float = 0.01
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    bits: int,
+    granularity: Granularity,
+    symmetric: bool = False,
+    clip: bool = False,
+    block_size: int = 128,
+    damp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (codes uint8 [out, in], scale [rows, G], zero [rows, G]) as quantize_weight does."""
     if granularity.kind == "tensor":
         raise ValueError("GPTQ needs per-channel or per-group weights, not per-tensor")
@@ -66,14 +73,14 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, granul
         for i in range(b1 - b0):
             col = b0 + i
             if col % g == 0:
-                s, z = _group_params(w1[:, i:i + g].float(), bits, symmetric, clip)
+                s, z = _group_params(w1[:, i : i + g].float(), bits, symmetric, clip)
                 scales[:, col // g], zeros[:, col // g] = s[:, 0], z[:, 0]
-            s, z = scales[:, col // g:col // g + 1], zeros[:, col // g:col // g + 1]
-            wc = w1[:, i:i + 1].float()
+            s, z = scales[:, col // g : col // g + 1], zeros[:, col // g : col // g + 1]
+            wc = w1[:, i : i + 1].float()
             codes[:, col] = quantize(wc, s, z, bits)[:, 0]
             q = fake_quant(wc, s, z, bits).double()
-            e = (w1[:, i:i + 1] - q) / hinv1[i, i]
-            w1[:, i:] -= e @ hinv1[i:i + 1, i:]
-            err1[:, i:i + 1] = e
+            e = (w1[:, i : i + 1] - q) / hinv1[i, i]
+            w1[:, i:] -= e @ hinv1[i : i + 1, i:]
+            err1[:, i : i + 1] = e
         w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
     return codes, scales, zeros

@@ -32,8 +32,10 @@ class Granularity:
             g = self.group_size
             if not g or g < 1 or in_features % g:
                 valid = [d for d in range(1, in_features + 1) if in_features % d == 0]
-                raise ValueError(f"{layer}: group size {g} does not divide its input size {in_features}; "
-                                 f"valid group sizes: {', '.join(map(str, valid))}")
+                raise ValueError(
+                    f"{layer}: group size {g} does not divide its input size {in_features}; "
+                    f"valid group sizes: {', '.join(map(str, valid))}"
+                )
 
 
 def _rows(w: torch.Tensor, gran: Granularity) -> torch.Tensor:
@@ -51,8 +53,9 @@ def scale_shape(shape: tuple[int, int], gran: Granularity) -> tuple[int, int]:
     return {"tensor": (1, 1), "channel": (out, 1), "group": (out, gran.groups(inp))}[gran.kind]
 
 
-def weight_qparams(w: torch.Tensor, bits: int, gran: Granularity, symmetric: bool = False,
-                   clip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def weight_qparams(
+    w: torch.Tensor, bits: int, gran: Granularity, symmetric: bool = False, clip: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     rows = _rows(w.float(), gran)
     if clip:
         s, z = clip_search(rows, bits, symmetric)
@@ -69,8 +72,9 @@ def _grouped(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], scale.shape[1], -1)
 
 
-def quantize_weight(w: torch.Tensor, bits: int, gran: Granularity, symmetric: bool = False,
-                    clip: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_weight(
+    w: torch.Tensor, bits: int, gran: Granularity, symmetric: bool = False, clip: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Round-to-nearest: (codes uint8 [out, in], scale [out, G], zero [out, G])."""
     s, z = weight_qparams(w, bits, gran, symmetric, clip)
     codes = quantize(_grouped(w, s), s[..., None], z[..., None], bits)

@@ -28,9 +28,19 @@ def available(t: torch.Tensor) -> bool:
 
 
 if triton is not None:
+
     @triton.jit
-    def _act_kernel(x_ptr, y_ptr, n_groups, G, BLOCK_G: tl.constexpr, ROWS: tl.constexpr,
-                    QMAX: tl.constexpr, HALF: tl.constexpr, SYM: tl.constexpr):
+    def _act_kernel(
+        x_ptr,
+        y_ptr,
+        n_groups,
+        G,
+        BLOCK_G: tl.constexpr,
+        ROWS: tl.constexpr,
+        QMAX: tl.constexpr,
+        HALF: tl.constexpr,
+        SYM: tl.constexpr,
+    ):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK_G)
         mask = (rows[:, None] < n_groups) & (cols[None, :] < G)
@@ -67,8 +77,9 @@ def dynamic_fake_quant(x: torch.Tensor, bits: int, g: int, symmetric: bool) -> t
     block_g = triton.next_power_of_2(g)
     rows = max(1, min(64, 4096 // block_g))
     grid = (triton.cdiv(n_groups, rows),)
-    _act_kernel[grid](x, y, n_groups, g, BLOCK_G=block_g, ROWS=rows, QMAX=2**bits - 1,
-                      HALF=2 ** (bits - 1), SYM=symmetric)
+    _act_kernel[grid](
+        x, y, n_groups, g, BLOCK_G=block_g, ROWS=rows, QMAX=2**bits - 1, HALF=2 ** (bits - 1), SYM=symmetric
+    )
     return y
 
 
@@ -80,6 +91,7 @@ def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tens
     row_stride = 0 if per_tensor else scale.shape[1]
     n = codes.numel()
     block = 1024
-    _dequant_kernel[(triton.cdiv(n, block),)](codes.contiguous(), scale.contiguous(), zero.contiguous(), y, n, inp,
-                                              row_stride, gsize, BLOCK=block)
+    _dequant_kernel[(triton.cdiv(n, block),)](
+        codes.contiguous(), scale.contiguous(), zero.contiguous(), y, n, inp, row_stride, gsize, BLOCK=block
+    )
     return y

@@ -23,9 +23,17 @@ from pipeline.quant.quantizer import FP_BITS
 class QuantLinear(KeepDtypeBuffers):
     _keep_dtype = ("w_scale", "w_zero")
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, weight_bits: int,
-                 granularity: Granularity, act: ActQuantizer, dtype: torch.dtype = torch.float32,
-                 weight_symmetric: bool = False):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        weight_bits: int,
+        granularity: Granularity,
+        act: ActQuantizer,
+        dtype: torch.dtype = torch.float32,
+        weight_symmetric: bool = False,
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight_bits = weight_bits
@@ -47,14 +55,30 @@ class QuantLinear(KeepDtypeBuffers):
         self.gemm = None  # backends.use_backend: a real low-bit GEMM instead of dequantize + float GEMM
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, weight_bits: int, granularity: Granularity, act_spec: ActSpec,
-                    act_ranges=None, ctx: TimestepContext | None = None, symmetric: bool = False,
-                    clip: bool = False, codes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-                    ) -> "QuantLinear":
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        weight_bits: int,
+        granularity: Granularity,
+        act_spec: ActSpec,
+        act_ranges=None,
+        ctx: TimestepContext | None = None,
+        symmetric: bool = False,
+        clip: bool = False,
+        codes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> QuantLinear:
         """Round-to-nearest from the float weight, or take (codes, scale, zero) given (GPTQ)."""
         w = linear.weight.detach()
-        q = cls(linear.in_features, linear.out_features, linear.bias is not None, weight_bits, granularity,
-                ActQuantizer.from_ranges(act_spec, act_ranges, ctx), dtype=w.dtype, weight_symmetric=symmetric)
+        q = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            weight_bits,
+            granularity,
+            ActQuantizer.from_ranges(act_spec, act_ranges, ctx),
+            dtype=w.dtype,
+            weight_symmetric=symmetric,
+        )
         q.to(w.device)
         if weight_bits == FP_BITS:
             q.weight.data.copy_(w)

@@ -36,8 +36,9 @@ def w4_block_k(k: int, group: int) -> int | None:
     return next((b for b in (64, 32) if k % b == 0 and (group % b == 0 or b % group == 0)), None)
 
 
-def w4_linear_reference(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-                        bias: torch.Tensor | None) -> torch.Tensor:
+def w4_linear_reference(
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """What w4_linear computes, in eager torch: the fake path's dequantize + F.linear."""
     from pipeline.quant.granularity import dequantize_weight
     from pipeline.quant.packing import unpack_int4
@@ -55,10 +56,28 @@ def fp8_rows_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 if triton is not None:
+
     @triton.jit
-    def _w4_kernel(x_ptr, p_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, S_ROW, GSIZE,
-                   HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, PER_ROW: tl.constexpr, BM: tl.constexpr,
-                   BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    def _w4_kernel(
+        x_ptr,
+        p_ptr,
+        s_ptr,
+        z_ptr,
+        b_ptr,
+        y_ptr,
+        M,
+        N,
+        K,
+        S_ROW,
+        GSIZE,
+        HAS_BIAS: tl.constexpr,
+        IEEE: tl.constexpr,
+        PER_ROW: tl.constexpr,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+        GROUP_M: tl.constexpr,
+    ):
         # tiles ordered in groups of GROUP_M rows so neighbouring programs share weight tiles in L2
         pid = tl.program_id(0)
         num_m, num_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
@@ -102,18 +121,27 @@ if triton is not None:
         rn = tl.program_id(0) * BN + tl.arange(0, BN)
         rk = tl.program_id(1) * BK + tl.arange(0, BK)
         n_ok = rn < N
-        p = tl.load(p_ptr + rn[:, None].to(tl.int64) * (K // 2) + (tl.program_id(1) * (BK // 2) + tl.arange(0, BK // 2))[None, :],
-                    mask=n_ok[:, None], other=0)
+        p = tl.load(
+            p_ptr
+            + rn[:, None].to(tl.int64) * (K // 2)
+            + (tl.program_id(1) * (BK // 2) + tl.arange(0, BK // 2))[None, :],
+            mask=n_ok[:, None],
+            other=0,
+        )
         c = tl.join(p & 0xF, p >> 4).reshape(BN, BK).to(tl.float32)
         g = rk // GSIZE
         s = tl.load(s_ptr + rn[:, None] * S_ROW + g[None, :], mask=n_ok[:, None], other=1.0)
         z = tl.load(z_ptr + rn[:, None] * S_ROW + g[None, :], mask=n_ok[:, None], other=0.0)
-        tl.store(w_ptr + rn[:, None].to(tl.int64) * K + rk[None, :], ((c - z) * s).to(w_ptr.dtype.element_ty),
-                 mask=n_ok[:, None])
+        tl.store(
+            w_ptr + rn[:, None].to(tl.int64) * K + rk[None, :],
+            ((c - z) * s).to(w_ptr.dtype.element_ty),
+            mask=n_ok[:, None],
+        )
 
     @triton.jit
-    def _fp8_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, ROWS: tl.constexpr, BLOCK: tl.constexpr, FMAX: tl.constexpr,
-                         TINY: tl.constexpr):
+    def _fp8_rows_kernel(
+        x_ptr, q_ptr, s_ptr, M, K, ROWS: tl.constexpr, BLOCK: tl.constexpr, FMAX: tl.constexpr, TINY: tl.constexpr
+    ):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK)
         mask = (rows[:, None] < M) & (cols[None, :] < K)
@@ -130,8 +158,9 @@ if triton is not None:
 DEQUANT_FIRST_ROWS = 1024
 
 
-def w4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-              bias: torch.Tensor | None) -> torch.Tensor:
+def w4_linear(
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """x [..., K] -> [..., N]; packed [N, K / 2] uint8; scale, zero [N, G] or [1, 1] float32."""
     k = x.shape[-1]
     n = packed.shape[0]
@@ -141,21 +170,39 @@ def w4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: 
     s_row = 0 if scale.shape[0] == 1 else scale.shape[1]  # one row of scales for every output
     bk = w4_block_k(k, gsize)
     if bk is None:
-        raise ValueError(f"w4_linear needs K ({k}) and the group size ({gsize}) to be multiples of 16, "
-                         "and K of 32")
+        raise ValueError(f"w4_linear needs K ({k}) and the group size ({gsize}) to be multiples of 16, and K of 32")
     if m > DEQUANT_FIRST_ROWS:
         w = torch.empty(n, k, dtype=x.dtype, device=x.device)
-        _w4_dequant_kernel[(triton.cdiv(n, 64), k // bk)](packed, scale.contiguous(), zero.contiguous(), w, n, k,
-                                                          s_row, gsize, BN=64, BK=bk)
+        _w4_dequant_kernel[(triton.cdiv(n, 64), k // bk)](
+            packed, scale.contiguous(), zero.contiguous(), w, n, k, s_row, gsize, BN=64, BK=bk
+        )
         return torch.nn.functional.linear(x, w, bias)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     bm = 128 if m > 64 else 64 if m > 32 else 32 if m > 16 else 16
     bn = 128 if n >= 128 else 64 if n >= 64 else 32 if n >= 32 else 16
     grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-    _w4_kernel[grid](x2, packed, scale.contiguous(), zero.contiguous(), bias if bias is not None else x2, y,
-                     m, n, k, s_row, gsize, HAS_BIAS=bias is not None,
-                     IEEE=x.dtype == torch.float32, PER_ROW=bk <= gsize, BM=bm, BN=bn, BK=bk, GROUP_M=8,
-                     num_warps=8 if bm * bn >= 128 * 128 else 4, num_stages=3)
+    _w4_kernel[grid](
+        x2,
+        packed,
+        scale.contiguous(),
+        zero.contiguous(),
+        bias if bias is not None else x2,
+        y,
+        m,
+        n,
+        k,
+        s_row,
+        gsize,
+        HAS_BIAS=bias is not None,
+        IEEE=x.dtype == torch.float32,
+        PER_ROW=bk <= gsize,
+        BM=bm,
+        BN=bn,
+        BK=bk,
+        GROUP_M=8,
+        num_warps=8 if bm * bn >= 128 * 128 else 4,
+        num_stages=3,
+    )
     return y.reshape(*x.shape[:-1], n)
 
 
@@ -167,6 +214,7 @@ def fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     s = torch.empty(m, 1, dtype=torch.float32, device=x.device)
     block = triton.next_power_of_2(k)
     rows = max(1, 8192 // block)  # several tokens per program: one per program was launch-bound
-    _fp8_rows_kernel[(triton.cdiv(m, rows),)](x, q, s, m, k, ROWS=rows, BLOCK=block, FMAX=FP8_MAX, TINY=_TINY,
-                                              num_warps=8)
+    _fp8_rows_kernel[(triton.cdiv(m, rows),)](
+        x, q, s, m, k, ROWS=rows, BLOCK=block, FMAX=FP8_MAX, TINY=_TINY, num_warps=8
+    )
     return q, s

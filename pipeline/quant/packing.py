@@ -26,7 +26,8 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
 def unpack_int4(packed: torch.Tensor, cols: int) -> torch.Tensor:
     """The inverse of pack_int4: uint8 [rows, ceil(cols / 2)] -> uint8 codes [rows, cols]."""
     if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] != (cols + 1) // 2:
-        raise ValueError(f"packed codes of shape {tuple(packed.shape)} ({packed.dtype}) cannot hold {cols} "
-                         "columns of 4-bit codes")
+        raise ValueError(
+            f"packed codes of shape {tuple(packed.shape)} ({packed.dtype}) cannot hold {cols} columns of 4-bit codes"
+        )
     out = torch.stack([packed & 0x0F, packed >> 4], dim=2).reshape(packed.shape[0], -1)
     return out[:, :cols].contiguous()

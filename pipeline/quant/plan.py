@@ -57,7 +57,7 @@ class QuantPlan:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "plan") -> "QuantPlan":
+    def from_dict(cls, d: dict, source: str = "plan") -> QuantPlan:
         if not isinstance(d, dict):
             raise ValueError(f"{source}: expected a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
@@ -74,7 +74,7 @@ class QuantPlan:
         return cls(**{k: v for k, v in d.items() if k != "layers"}, layers=layers)
 
     @classmethod
-    def read(cls, path: str | Path) -> "QuantPlan":
+    def read(cls, path: str | Path) -> QuantPlan:
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text())
@@ -90,8 +90,10 @@ class QuantPlan:
         for name, lp in self.layers.items():
             if name not in in_features:
                 sample = ", ".join(list(in_features)[:4])
-                raise ValueError(f"plan names module {name!r}, which is not a Linear of the model "
-                                 f"(its linears are named like {sample}, ...)")
+                raise ValueError(
+                    f"plan names module {name!r}, which is not a Linear of the model "
+                    f"(its linears are named like {sample}, ...)"
+                )
             c = in_features[name]
             check_bits(lp.weight_bits, f"{name}: weight_bits")
             check_bits(lp.act_bits, f"{name}: act_bits")
@@ -108,9 +110,23 @@ class QuantPlan:
         return any(lp.act_spec.static for lp in self.layers.values())
 
 
-def build_plan(in_features: dict[str, int], *, method: str, include, exclude, weight_bits: int, group_size: int,
-               weight_symmetric: bool, clip_search: bool, gptq: bool, act_bits: int, act_mode: str,
-               act_group_size: int | None, act_symmetric: bool, attn_bits: int) -> QuantPlan:
+def build_plan(
+    in_features: dict[str, int],
+    *,
+    method: str,
+    include,
+    exclude,
+    weight_bits: int,
+    group_size: int,
+    weight_symmetric: bool,
+    clip_search: bool,
+    gptq: bool,
+    act_bits: int,
+    act_mode: str,
+    act_group_size: int | None,
+    act_symmetric: bool,
+    attn_bits: int,
+) -> QuantPlan:
     """The uniform plan of a method.
 
     rtn:  per-output-channel weights; activations `static` (per tensor, over all timesteps).
@@ -127,8 +143,16 @@ def build_plan(in_features: dict[str, int], *, method: str, include, exclude, we
     mode = {"rtn": "static", "qdit": "dynamic"}[method] if act_mode == "auto" else act_mode
     for name in select(in_features, include, exclude):
         if method == "rtn":
-            lp = LayerPlan(weight_bits, "channel", None, weight_symmetric, act_bits, mode,
-                           act_group_size if mode == "dynamic" else None, act_symmetric)
+            lp = LayerPlan(
+                weight_bits,
+                "channel",
+                None,
+                weight_symmetric,
+                act_bits,
+                mode,
+                act_group_size if mode == "dynamic" else None,
+                act_symmetric,
+            )
         else:
             g_act = (act_group_size or group_size) if mode == "dynamic" else None
             lp = LayerPlan(weight_bits, "group", group_size, weight_symmetric, act_bits, mode, g_act, act_symmetric)
@@ -143,8 +167,9 @@ def describe(plan: QuantPlan) -> str:
     """One line, e.g. 'qdit W4A8 (group 32, dynamic), 24 layers'."""
     if plan.method == "none" or not plan.layers:
         return "fp (quant.method: none)"
-    settings = sorted({(lp.weight_bits, lp.act_bits, lp.granularity, lp.group_size, lp.act_mode)
-                       for lp in plan.layers.values()})
+    settings = sorted(
+        {(lp.weight_bits, lp.act_bits, lp.granularity, lp.group_size, lp.act_mode) for lp in plan.layers.values()}
+    )
     parts = []
     for wb, ab, gran, g, mode in settings[:3]:
         gtxt = f"group {g}" if gran == "group" else gran
@@ -160,11 +185,21 @@ def plan_from_params(q, in_features: dict[str, int]) -> QuantPlan:
     if q.plan:
         plan = QuantPlan.read(q.plan)
     else:
-        plan = build_plan(in_features, method=q.method, include=list(q.include), exclude=list(q.exclude),
-                          weight_bits=q.weight.bits, group_size=q.weight.group_size,
-                          weight_symmetric=q.weight.symmetric, clip_search=q.weight.clip_search,
-                          gptq=q.weight.gptq, act_bits=q.act.bits, act_mode=q.act.mode,
-                          act_group_size=q.act.group_size, act_symmetric=q.act.symmetric,
-                          attn_bits=q.attn_bits)
+        plan = build_plan(
+            in_features,
+            method=q.method,
+            include=list(q.include),
+            exclude=list(q.exclude),
+            weight_bits=q.weight.bits,
+            group_size=q.weight.group_size,
+            weight_symmetric=q.weight.symmetric,
+            clip_search=q.weight.clip_search,
+            gptq=q.weight.gptq,
+            act_bits=q.act.bits,
+            act_mode=q.act.mode,
+            act_group_size=q.act.group_size,
+            act_symmetric=q.act.symmetric,
+            attn_bits=q.attn_bits,
+        )
     plan.validate(in_features)
     return plan

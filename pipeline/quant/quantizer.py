@@ -23,8 +23,9 @@ def check_bits(bits: int, what: str) -> None:
         raise ValueError(f"{what}: {bits} bits is not supported; allowed: 2 to 8, or 16 (not quantized)")
 
 
-def qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool = False,
-            fp16_scale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def qparams(
+    lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool = False, fp16_scale: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point (float32; the zero point integral) for ranges lo <= hi of any shape.
 
     fp16_scale rounds scales to float16, as stored and counted for weights and static ranges;
@@ -68,8 +69,9 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: i
     return q.sub_(zero).mul_(scale)
 
 
-def clip_search(x: torch.Tensor, bits: int, symmetric: bool = False, p: float = 2.4,
-                grid: int = 100, min_shrink: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
+def clip_search(
+    x: torch.Tensor, bits: int, symmetric: bool = False, p: float = 2.4, grid: int = 100, min_shrink: float = 0.9
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row range [lo, hi] of x [rows, n] shrunk by the factor in linspace(1, min_shrink, grid)
     that minimises sum |x - x^|^p (the reference's Lp clipping search). Returns (scale, zero)
     of shape [rows, 1]."""

@@ -7,8 +7,8 @@ point.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
-from typing import Iterable
 
 DEFAULT_INCLUDE = (
     "transformer_blocks.*.attn1.to_q",
@@ -27,10 +27,10 @@ def select(names: Iterable[str], include: Iterable[str], exclude: Iterable[str] 
     include, exclude = list(include), list(exclude)
     for pattern in include:
         if not any(fnmatchcase(n, pattern) for n in names):
-            raise ValueError(f"quant.include pattern {pattern!r} matches no Linear of the model "
-                             f"(e.g. {', '.join(names[:3])}, ...)")
-    return [n for n in names if any(fnmatchcase(n, p) for p in include)
-            and not any(fnmatchcase(n, p) for p in exclude)]
+            raise ValueError(
+                f"quant.include pattern {pattern!r} matches no Linear of the model (e.g. {', '.join(names[:3])}, ...)"
+            )
+    return [n for n in names if any(fnmatchcase(n, p) for p in include) and not any(fnmatchcase(n, p) for p in exclude)]
 
 
 def default_targets(names: Iterable[str]) -> list[str]:

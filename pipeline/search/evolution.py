@@ -15,8 +15,8 @@ same choices as one that never stopped. Fitness is lower-is-better.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,6 +28,7 @@ from pipeline.search.space import Genome, SearchSpace
 class EvolutionParams:
     """The algorithm's knobs (the reference's values as defaults); params.yaml's `search`
     section extends this."""
+
     population: int = 50
     top_k: int = 10
     mutations: int = 25
@@ -53,15 +54,19 @@ class Evolution:
         self.space = space
         self.s = settings
         state = state or {"evaluated": [], "generations_done": 0, "history": []}
-        self.evaluated: list[dict] = [dict(e, genome=tuple(e["genome"]), fitness=float(e["fitness"]))
-                                      for e in state["evaluated"]]
+        self.evaluated: list[dict] = [
+            dict(e, genome=tuple(e["genome"]), fitness=float(e["fitness"])) for e in state["evaluated"]
+        ]
         self.generations_done: int = state["generations_done"]
         self.history: list[dict] = list(state["history"])
         self._by_genome = {e["genome"]: e for e in self.evaluated}
 
     def state(self) -> dict:
-        return {"evaluated": [dict(e, genome=list(e["genome"])) for e in self.evaluated],
-                "generations_done": self.generations_done, "history": self.history}
+        return {
+            "evaluated": [dict(e, genome=list(e["genome"])) for e in self.evaluated],
+            "generations_done": self.generations_done,
+            "history": self.history,
+        }
 
     @property
     def finished(self) -> bool:
@@ -69,8 +74,9 @@ class Evolution:
 
     def ranked(self, before: int | None = None) -> list[dict]:
         """Evaluated entries (of generations < before), best first; ties by evaluation order."""
-        pool = [(e["fitness"], i, e) for i, e in enumerate(self.evaluated)
-                if before is None or e["generation"] < before]
+        pool = [
+            (e["fitness"], i, e) for i, e in enumerate(self.evaluated) if before is None or e["generation"] < before
+        ]
         return [e for _, _, e in sorted(pool, key=lambda p: (p[0], p[1]))]
 
     def fitness_of(self, genome: Genome) -> float:
@@ -103,7 +109,7 @@ class Evolution:
             out.append(self._feasible(self.space.base_genome, rng))
             draw(lambda: self.space.random(rng), self.s.population - 1)
             return out
-        top = [e["genome"] for e in self.ranked(before=generation)[:self.s.top_k]]
+        top = [e["genome"] for e in self.ranked(before=generation)[: self.s.top_k]]
         cands = [self.space.candidates[n] for n in self.space.genes]
 
         def mutate() -> Genome:
@@ -120,39 +126,60 @@ class Evolution:
         draw(cross, self.s.crossovers)
         return out
 
-    def run(self, fitness: Callable[[Genome], float], checkpoint: Callable[[dict], None] = lambda s: None,
-            progress: bool = True) -> dict:
+    def run(
+        self,
+        fitness: Callable[[Genome], float],
+        checkpoint: Callable[[dict], None] = lambda s: None,
+        progress: bool = True,
+    ) -> dict:
         """Evaluate generation after generation; `checkpoint(state)` after every evaluation and
         every generation. Returns the best entry."""
         while not self.finished:
             gen = self.generations_done
             genomes = self.candidates(gen)
             fresh = 0
-            for genome in tqdm(genomes, desc=f"search gen {gen}/{self.s.generations}", disable=not progress,
-                               mininterval=2.0, leave=False):
+            for genome in tqdm(
+                genomes,
+                desc=f"search gen {gen}/{self.s.generations}",
+                disable=not progress,
+                mininterval=2.0,
+                leave=False,
+            ):
                 if genome in self._by_genome:
                     continue  # evaluated before an interruption
                 value = float(fitness(genome))
                 cost = self.space.cost(genome)
-                entry = {"genome": genome, "fitness": value if math.isfinite(value) else math.inf,
-                         "generation": gen, "size_mb": cost.size_mb, "gbitops": cost.gbitops}
+                entry = {
+                    "genome": genome,
+                    "fitness": value if math.isfinite(value) else math.inf,
+                    "generation": gen,
+                    "size_mb": cost.size_mb,
+                    "gbitops": cost.gbitops,
+                }
                 self.evaluated.append(entry)
                 self._by_genome[genome] = entry
                 fresh += 1
                 checkpoint(self.state())
             this = [self._by_genome[g]["fitness"] for g in genomes]
-            top = [e["fitness"] for e in self.ranked(before=gen + 1)[:self.s.top_k]]
-            self.history.append({
-                "generation": gen, "candidates": len(genomes), "evaluated_now": fresh,
-                "best": top[0], "topk_mean": float(np.mean(top)),
-                "generation_best": min(this) if this else math.inf,
-                "generation_mean": float(np.mean(this)) if this else math.inf,
-            })
+            top = [e["fitness"] for e in self.ranked(before=gen + 1)[: self.s.top_k]]
+            self.history.append(
+                {
+                    "generation": gen,
+                    "candidates": len(genomes),
+                    "evaluated_now": fresh,
+                    "best": top[0],
+                    "topk_mean": float(np.mean(top)),
+                    "generation_best": min(this) if this else math.inf,
+                    "generation_mean": float(np.mean(this)) if this else math.inf,
+                }
+            )
             self.generations_done = gen + 1
             checkpoint(self.state())
             if progress:
-                tqdm.write(f"[search] generation {gen}: best {top[0]:.6g}, top-{len(top)} mean "
-                           f"{np.mean(top):.6g}, {len(genomes)} candidates")
+                tqdm.write(
+                    f"[search] generation {gen}: best {top[0]:.6g}, top-{len(top)} mean "
+                    f"{np.mean(top):.6g}, {len(genomes)} candidates"
+                )
         return self.best()
 
 

@@ -30,7 +30,6 @@ from pipeline.quant.apply import Ranges, outputs, quant_linear, quantize_model, 
 from pipeline.search.space import Genome, SearchSpace
 
 
-
 class CandidateModel:
     """The transformer with the fixed layers quantized once and every gene's QuantLinear built
     once per candidate group size (round-to-nearest with the plan's clipping search: a layer's
@@ -78,8 +77,19 @@ class Sampler:
     """The same `num_images` seeds and labels for every candidate, through the Lightning
     sampling module; results only on the main process (None elsewhere)."""
 
-    def __init__(self, fp: FPModel, *, num_images: int, steps: int, scheduler: str, guidance_scale: float,
-                 seed: int, batch_size: int, trainer_cfg, parts_dir):
+    def __init__(
+        self,
+        fp: FPModel,
+        *,
+        num_images: int,
+        steps: int,
+        scheduler: str,
+        guidance_scale: float,
+        seed: int,
+        batch_size: int,
+        trainer_cfg,
+        parts_dir,
+    ):
         self.fp = fp
         self.settings = {"scheduler": scheduler, "steps": steps, "guidance_scale": guidance_scale, "seed": seed}
         self.num_images, self.batch_size = num_images, batch_size
@@ -88,8 +98,9 @@ class Sampler:
     def run(self, decode: bool) -> torch.Tensor | None:
         """uint8 images (decode) or float32 final latents, [num_images, ...]."""
         module = SamplingModule(self.fp, decode=decode, **self.settings)
-        preds, _, is_main = run_predict(module, IndexDataset(self.num_images), self.batch_size, self.trainer_cfg,
-                                        self.parts_dir, progress=False)
+        preds, _, is_main = run_predict(
+            module, IndexDataset(self.num_images), self.batch_size, self.trainer_cfg, self.parts_dir, progress=False
+        )
         return (preds["images"] if decode else preds["latents"]) if is_main else None
 
 

@@ -31,17 +31,23 @@ class SearchSpace:
             allowed = sorted({g for g in group_sizes if g >= 1 and c % g == 0})
             if not allowed:
                 divisors = [d for d in range(2, c + 1) if c % d == 0][:12]
-                raise ValueError(f"search.group_sizes {list(group_sizes)}: none divides the input size {c} of "
-                                 f"layer {name}, so it has no candidate; divisors of {c}: "
-                                 f"{', '.join(map(str, divisors))}, ...")
+                raise ValueError(
+                    f"search.group_sizes {list(group_sizes)}: none divides the input size {c} of "
+                    f"layer {name}, so it has no candidate; divisors of {c}: "
+                    f"{', '.join(map(str, divisors))}, ..."
+                )
             if own not in allowed:
-                raise ValueError(f"layer {name}: the base plan's group size {own} is not among its candidates "
-                                 f"{allowed}; add {own} to search.group_sizes (the base plan must be a point "
-                                 "of the search space)")
+                raise ValueError(
+                    f"layer {name}: the base plan's group size {own} is not among its candidates "
+                    f"{allowed}; add {own} to search.group_sizes (the base plan must be a point "
+                    "of the search space)"
+                )
             self.candidates[name] = allowed
         # per gene: candidate -> cost, and candidates ordered from dearest to cheapest
-        self._costs = [{g: layer_cost(self.layer_plan(name, g), shapes[name]) for g in self.candidates[name]}
-                       for name in self.genes]
+        self._costs = [
+            {g: layer_cost(self.layer_plan(name, g), shapes[name]) for g in self.candidates[name]}
+            for name in self.genes
+        ]
         self._fixed = Cost(0, 0)
         for name, lp in base.layers.items():
             if name not in self.candidates:

@@ -48,5 +48,6 @@ def test_chunked_metrics_equal_the_whole_set_at_once():
     # torchmetrics' PSNR sums in float32; ours sums the integer errors exactly
     assert psnr(a, b) == pytest.approx(float(peak_signal_noise_ratio(whole_a, whole_b, data_range=255.0)), rel=1e-6)
     # filtered in float32 per chunk against float64 on the whole set
-    assert ssim(a, b) == pytest.approx(float(structural_similarity_index_measure(
-        whole_a, whole_b, data_range=255.0, kernel_size=11)), rel=1e-6)
+    assert ssim(a, b) == pytest.approx(
+        float(structural_similarity_index_measure(whole_a, whole_b, data_range=255.0, kernel_size=11)), rel=1e-6
+    )

@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 import torch
@@ -13,6 +12,7 @@ def _gauss(n, d, shift=0.0, seed=0):
 
 def _brute_force(fake, real, k):
     """Direct transcription of the definition, one pair at a time."""
+
     def radii(x):
         return [sorted(float(np.linalg.norm(a - b)) for b in x)[k] for a in x]
 
@@ -71,5 +71,3 @@ def test_chunked_rows_give_the_same_answer(monkeypatch):
 def test_feature_sizes_must_match():
     with pytest.raises(ValueError, match="feature sizes differ: generated 4, real 5"):
         precision_recall(_gauss(10, 4), _gauss(10, 5))
-
-

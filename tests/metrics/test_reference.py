@@ -58,6 +58,7 @@ def test_missing_reference_is_named(tmp_path):
 def test_inception_without_the_extra_fails_clearly(tmp_path):
     try:
         import torch_fidelity  # noqa: F401
+
         pytest.skip("torch-fidelity is installed here")
     except ImportError:
         pass

@@ -42,8 +42,9 @@ def test_disjoint_sets_score_badly(digit_extractor):
     real = RealFeatures(extract_all(digit_extractor, images, 100, progress=False), None, None)
     noise = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
     m = distribution_metrics(extract_all(digit_extractor, noise, 100, progress=False), real, kid_subset_size=300)
-    good = distribution_metrics(extract_all(digit_extractor, images[:150], 100, progress=False), real,
-                                kid_subset_size=150)
+    good = distribution_metrics(
+        extract_all(digit_extractor, images[:150], 100, progress=False), real, kid_subset_size=150
+    )
     assert m["precision"] == 0.0 and m["recall"] == 0.0
     assert m["fid"] > 10 * good["fid"] and m["sfid"] > 10 * good["sfid"] and m["kid"] > 10 * abs(good["kid"])
     # a subset of the reference: fully precise, partly recalled
@@ -52,9 +53,11 @@ def test_disjoint_sets_score_badly(digit_extractor):
 
 def _feats(n, seed, shift=0.0):
     g = torch.Generator().manual_seed(seed)
-    return FeatureSet(torch.randn(n, 6, generator=g, dtype=torch.float64) + shift,
-                      torch.randn(n, 4, generator=g, dtype=torch.float64) + shift,
-                      torch.randn(n, 10, generator=g, dtype=torch.float64))
+    return FeatureSet(
+        torch.randn(n, 6, generator=g, dtype=torch.float64) + shift,
+        torch.randn(n, 4, generator=g, dtype=torch.float64) + shift,
+        torch.randn(n, 10, generator=g, dtype=torch.float64),
+    )
 
 
 def test_statistics_only_reference_gives_fid_and_sfid_and_null_image_metrics():

@@ -16,10 +16,13 @@ def test_hub_id_offline_says_how_to_use_a_local_directory(monkeypatch):
     assert "set model.source to that directory" in msg
 
 
-@pytest.mark.parametrize("source, fragment", [
-    ("./no/such/dir", "no such directory"),
-    ("not-a-hub-id", "no such directory, and not a Hugging Face Hub id"),
-])
+@pytest.mark.parametrize(
+    "source, fragment",
+    [
+        ("./no/such/dir", "no such directory"),
+        ("not-a-hub-id", "no such directory, and not a Hugging Face Hub id"),
+    ],
+)
 def test_bad_sources(source, fragment):
     with pytest.raises(UserError, match=fragment):
         fetch_dit(source)
@@ -33,8 +36,13 @@ def test_directory_without_transformer_is_refused(tmp_path):
 def test_local_pipeline_round_trip(tmp_path):
     src = save_latent_pipeline(tmp_path / "src", latent_dit())
     transformer, vae, sched_cfg = fetch_dit(str(src))
-    save_fp_model(tmp_path / "model", transformer, vae, sched_cfg,
-                  {"source": str(src), "latent": True, **model_summary(transformer)})
+    save_fp_model(
+        tmp_path / "model",
+        transformer,
+        vae,
+        sched_cfg,
+        {"source": str(src), "latent": True, **model_summary(transformer)},
+    )
     fp = load_fp_model(tmp_path / "model")
     assert fp.num_classes == 1000 and fp.null_label == 1000
     assert fp.latent_shape == (4, 4, 4)
@@ -44,6 +52,7 @@ def test_local_pipeline_round_trip(tmp_path):
         assert torch.equal(a, b)
     # the output is itself a diffusers DiT pipeline directory
     from diffusers import DiTPipeline
+
     assert DiTPipeline.from_pretrained(tmp_path / "model").transformer.config.num_layers == 2
 
 

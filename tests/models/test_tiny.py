@@ -8,9 +8,19 @@ def _train(steps=80, seed=0):
     images, labels = tiny.load_digits_images()
     torch.manual_seed(seed)
     model = tiny.build_tiny_dit(num_layers=1, num_heads=2, head_dim=16, patch_size=2)
-    return tiny.train_tiny_dit(model, tiny.to_model_range(images), torch.from_numpy(labels), steps=steps,
-                               batch_size=32, learning_rate=3e-3, warmup_steps=5, ema_decay=0.99,
-                               class_dropout=0.1, seed=seed, progress=False)
+    return tiny.train_tiny_dit(
+        model,
+        tiny.to_model_range(images),
+        torch.from_numpy(labels),
+        steps=steps,
+        batch_size=32,
+        learning_rate=3e-3,
+        warmup_steps=5,
+        ema_decay=0.99,
+        class_dropout=0.1,
+        seed=seed,
+        progress=False,
+    )
 
 
 def test_digits_images_are_uint8_8x8():

@@ -38,15 +38,15 @@ def test_static_and_per_timestep_ranges():
     out = q(x)
     assert torch.allclose(out[0], torch.ones(3, 4), atol=1e-2)  # clipped to the narrow range
     assert torch.allclose(out[1], x[1], atol=0.05)
-    static = ActQuantizer.from_ranges(ActSpec(8, "static"), (torch.tensor([-2.0]), torch.tensor([2.0]),
-                                                              torch.zeros(1)))
+    static = ActQuantizer.from_ranges(ActSpec(8, "static"), (torch.tensor([-2.0]), torch.tensor([2.0]), torch.zeros(1)))
     assert static(x).max() == pytest.approx(2.0, abs=0.02)
 
 
 def test_static_needs_ranges_and_timestep():
     with pytest.raises(ValueError, match="needs calibrated ranges"):
         ActQuantizer(ActSpec(8, "static"))
-    q = ActQuantizer.from_ranges(ActSpec(8, "static_timestep"),
-                                 (torch.tensor([-1.0]), torch.tensor([1.0]), torch.tensor([10.0])), None)
+    q = ActQuantizer.from_ranges(
+        ActSpec(8, "static_timestep"), (torch.tensor([-1.0]), torch.tensor([1.0]), torch.tensor([10.0])), None
+    )
     with pytest.raises(RuntimeError, match="needs the model's timestep"):
         q(torch.randn(1, 2, 2))

@@ -3,8 +3,16 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.models import tiny
-from pipeline.quant.apply import (act_ranges, gptq_model, linear_in_features, load_quantized, model_size, outputs,
-                                  quant_state, quantize_model)
+from pipeline.quant.apply import (
+    act_ranges,
+    gptq_model,
+    linear_in_features,
+    load_quantized,
+    model_size,
+    outputs,
+    quant_state,
+    quantize_model,
+)
 from pipeline.quant.attention import QuantAttnProcessor
 from pipeline.quant.linear import QuantLinear
 from pipeline.quant.plan import build_plan
@@ -22,15 +30,35 @@ def _model(seed=0):
 
 def _batches(n=4, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return [{"hidden_states": torch.randn(6, 1, 8, 8, generator=g),
-             "timestep": torch.randint(0, 1000, (6,), generator=g),
-             "class_labels": torch.randint(0, 10, (6,), generator=g)} for _ in range(n)]
+    return [
+        {
+            "hidden_states": torch.randn(6, 1, 8, 8, generator=g),
+            "timestep": torch.randint(0, 1000, (6,), generator=g),
+            "class_labels": torch.randint(0, 10, (6,), generator=g),
+        }
+        for _ in range(n)
+    ]
 
 
 def _plan(model, **kw):
-    args = dict(method="qdit", include=DEFAULT_INCLUDE, exclude=[], weight_bits=4, group_size=16,
-                weight_symmetric=False, clip_search=False, gptq=False, act_bits=8, act_mode="auto",
-                act_group_size=None, act_symmetric=False, attn_bits=16) | kw
+    args = (
+        dict(
+            method="qdit",
+            include=DEFAULT_INCLUDE,
+            exclude=[],
+            weight_bits=4,
+            group_size=16,
+            weight_symmetric=False,
+            clip_search=False,
+            gptq=False,
+            act_bits=8,
+            act_mode="auto",
+            act_group_size=None,
+            act_symmetric=False,
+            attn_bits=16,
+        )
+        | kw
+    )
     return build_plan(linear_in_features(model), **args)
 
 
@@ -38,8 +66,9 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("wbits, abits, bound", [(8, 8, 0.02), (6, 8, 0.04), (4, 8, 0.15), (4, 16, 0.15),
-                                                (16, 8, 0.02), (4, 4, 0.4)])
+@pytest.mark.parametrize(
+    "wbits, abits, bound", [(8, 8, 0.02), (6, 8, 0.04), (4, 8, 0.15), (4, 16, 0.15), (16, 8, 0.02), (4, 4, 0.4)]
+)
 def test_quantized_forward_differs_from_fp_by_a_bounded_nonzero_amount(wbits, abits, bound):
     model, batches = _model(), _batches()
     ref = outputs(model, batches)

@@ -15,10 +15,13 @@ SETTINGS = {  # name: plan overrides
     "qdit W4A8 g16": {},
     "qdit W8A8 g16": {"weight_bits": 8},
     "qdit W4A4 g16": {"act_bits": 4},
-    "qdit W3A6, activation groups 32 over weight groups 8": {"weight_bits": 3, "act_bits": 6, "group_size": 8,
-                                                              "act_group_size": 32},
-    "qdit W8A8, symmetric weights and activations": {"weight_bits": 8, "weight_symmetric": True,
-                                                      "act_symmetric": True},
+    "qdit W3A6, activation groups 32 over weight groups 8": {
+        "weight_bits": 3,
+        "act_bits": 6,
+        "group_size": 8,
+        "act_group_size": 32,
+    },
+    "qdit W8A8, symmetric weights and activations": {"weight_bits": 8, "weight_symmetric": True, "act_symmetric": True},
     "rtn W8A8 (per channel, static per tensor)": {"method": "rtn", "weight_bits": 8},
     "qdit W4A8, static per timestep": {"act_mode": "static_timestep"},
 }
@@ -36,8 +39,11 @@ def test_int8_matches_fake_quant(name):
     def keep(module, args, name):
         inputs.setdefault(name, args[0].clone())  # returns None: the forward's input is untouched
 
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: keep(mod, args, n))
-             for n, m in fake.named_modules() if isinstance(m, QuantLinear)]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, n=n: keep(mod, args, n))
+        for n, m in fake.named_modules()
+        if isinstance(m, QuantLinear)
+    ]
     ref = outputs(fake, batches)
     for h in hooks:
         h.remove()
@@ -69,8 +75,11 @@ def test_int8_keeps_its_scales_in_float32_under_bf16():
 
 def test_unsupported_layers_are_refused_by_name():
     model = _model()
-    with pytest.raises(UserError, match=r"needs activations of at most 8 bits; layer 'transformer_blocks\.0\.attn1\.to_q' "
-                                        r"has A16"):
+    with pytest.raises(
+        UserError,
+        match=r"needs activations of at most 8 bits; layer 'transformer_blocks\.0\.attn1\.to_q' "
+        r"has A16",
+    ):
         use_backend(quantize_model(model, _plan(model, act_bits=16)), "int8")
     odd = QuantLinear(24, 8, True, 4, Granularity("group", 8), ActQuantizer(ActSpec(8, "dynamic", 12)))
     with pytest.raises(UserError, match="weight groups of 8 and activation groups of 12 channels; one must divide"):
@@ -117,8 +126,11 @@ def test_fp8_model_stays_within_e4m3_rounding_of_fake_quant(method):
 
 
 def test_fp8_refuses_what_it_cannot_compute(monkeypatch):
-    with pytest.raises(UserError, match=r"'fp8' computes W8A8; layer 'transformer_blocks\.0\.attn1\.to_q' is W4A8 "
-                                        r"\(use 'int4' for 4-bit weights"):
+    with pytest.raises(
+        UserError,
+        match=r"'fp8' computes W8A8; layer 'transformer_blocks\.0\.attn1\.to_q' is W4A8 "
+        r"\(use 'int4' for 4-bit weights",
+    ):
         _quantized("fp8")
     with pytest.raises(UserError, match=r"'fp8' computes W8A8; layer '.*' is W8A16"):
         _quantized("fp8", weight_bits=8, act_bits=16)
@@ -126,8 +138,11 @@ def test_fp8_refuses_what_it_cannot_compute(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA A100")
-    with pytest.raises(UserError, match=r"'fp8' needs an NVIDIA GPU of compute capability 8\.9 or newer "
-                                        r"\(Ada, Hopper\); this GPU \(NVIDIA A100\) is 8\.0"):
+    with pytest.raises(
+        UserError,
+        match=r"'fp8' needs an NVIDIA GPU of compute capability 8\.9 or newer "
+        r"\(Ada, Hopper\); this GPU \(NVIDIA A100\) is 8\.0",
+    ):
         use_backend(model, "fp8")
     assert all(m.gemm is None for m in model.modules() if isinstance(m, QuantLinear))  # left as it was
 
@@ -136,7 +151,10 @@ def _int4_runs():
     import os
 
     from pipeline.quant import lowbit_kernels
-    return lowbit_kernels.triton is not None and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
+
+    return lowbit_kernels.triton is not None and (
+        torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    )
 
 
 @pytest.mark.skipif(_int4_runs(), reason="this machine can run the int4 kernel")
@@ -148,8 +166,9 @@ def test_int4_without_triton_and_cuda_is_refused():
 
 
 @pytest.mark.skipif(not _int4_runs(), reason="the int4 kernel needs Triton on a CUDA GPU (or TRITON_INTERPRET=1)")
-@pytest.mark.parametrize("plan_kw", [{}, {"weight_bits": 3, "act_bits": 16}, {"method": "rtn"},
-                                     {"act_mode": "static_timestep"}])
+@pytest.mark.parametrize(
+    "plan_kw", [{}, {"weight_bits": 3, "act_bits": 16}, {"method": "rtn"}, {"act_mode": "static_timestep"}]
+)
 def test_int4_matches_fake_quant_and_holds_the_weight_packed(plan_kw):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     batches = [{k: v.to(device) for k, v in b.items()} for b in _batches(2)]
@@ -170,6 +189,9 @@ def test_int4_refuses_wide_weights_and_odd_groups():
     with pytest.raises(UserError, match=r"'int4' needs weights of at most 4 bits; layer 'l' has W8"):
         _check_layer(_quantized(weight_bits=8).get_submodule("transformer_blocks.0.attn1.to_q"), "l", "int4")
     odd = QuantLinear(24, 8, True, 4, Granularity("group", 8), ActQuantizer(ActSpec(8, "dynamic")))
-    with pytest.raises(UserError, match=r"layer 'odd' has 24 input channels in groups of 8; its kernel needs groups "
-                                        r"of a multiple of 16 channels and input sizes of a multiple of 32"):
+    with pytest.raises(
+        UserError,
+        match=r"layer 'odd' has 24 input channels in groups of 8; its kernel needs groups "
+        r"of a multiple of 16 channels and input sizes of a multiple of 32",
+    ):
         _check_layer(odd, "odd", "int4")

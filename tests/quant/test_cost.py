@@ -33,8 +33,10 @@ def test_unquantized_and_per_channel_layers():
 
 
 def test_smaller_groups_cost_more_bytes_and_bitops():
-    costs = [layer_cost(LayerPlan(4, "group", g, False, 8, "dynamic", g, False), LayerShape(128, 64, 16))
-             for g in (16, 32, 64, 128)]
+    costs = [
+        layer_cost(LayerPlan(4, "group", g, False, 8, "dynamic", g, False), LayerShape(128, 64, 16))
+        for g in (16, 32, 64, 128)
+    ]
     assert all(a.bits > b.bits and a.bitops > b.bitops for a, b in zip(costs, costs[1:]))
 
 

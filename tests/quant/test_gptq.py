@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pipeline.quant.granularity import Granularity, dequantize_weight, quantize_weight
 from pipeline.quant.gptq import HessianAccumulator, gptq_quantize
+from pipeline.quant.granularity import Granularity, dequantize_weight, quantize_weight
 
 
 def _problem(seed=0, n=2048, inp=64, out=32):

@@ -11,12 +11,15 @@ def _w(out=24, inp=64, seed=0):
     return w
 
 
-@pytest.mark.parametrize("gran, shape", [
-    (Granularity("tensor"), (1, 1)),
-    (Granularity("channel"), (24, 1)),
-    (Granularity("group", 16), (24, 4)),
-    (Granularity("group", 64), (24, 1)),
-])
+@pytest.mark.parametrize(
+    "gran, shape",
+    [
+        (Granularity("tensor"), (1, 1)),
+        (Granularity("channel"), (24, 1)),
+        (Granularity("group", 16), (24, 4)),
+        (Granularity("group", 64), (24, 1)),
+    ],
+)
 @pytest.mark.parametrize("clip", [False, True])
 def test_scale_shapes_and_codes(gran, shape, clip):
     w = _w()
@@ -28,15 +31,19 @@ def test_scale_shapes_and_codes(gran, shape, clip):
     if gran.kind == "group":  # each group quantized on its own range
         g = gran.group_size
         for r, grp in [(0, 0), (3, shape[1] - 1)]:
-            block = w[r, grp * g:(grp + 1) * g]
-            assert (w_hat[r, grp * g:(grp + 1) * g] - block).abs().max() <= s[r, grp] / 2 + 1e-6 or clip
+            block = w[r, grp * g : (grp + 1) * g]
+            assert (w_hat[r, grp * g : (grp + 1) * g] - block).abs().max() <= s[r, grp] / 2 + 1e-6 or clip
 
 
 def test_sqnr_shrinks_as_group_size_grows():
     w = _w(48, 128)
     sq = {}
-    for name, gran in [("g8", Granularity("group", 8)), ("g32", Granularity("group", 32)),
-                       ("channel", Granularity("channel")), ("tensor", Granularity("tensor"))]:
+    for name, gran in [
+        ("g8", Granularity("group", 8)),
+        ("g32", Granularity("group", 32)),
+        ("channel", Granularity("channel")),
+        ("tensor", Granularity("tensor")),
+    ]:
         codes, s, z = quantize_weight(w, 4, gran)
         sq[name] = sqnr_db(w, dequantize_weight(codes, s, z))
     assert sq["g8"] > sq["g32"] > sq["channel"] > sq["tensor"]

@@ -8,8 +8,9 @@ from pipeline.quant import kernels
 from pipeline.quant.activation import _dynamic_reference
 from pipeline.quant.granularity import Granularity, dequantize_weight, quantize_weight
 
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.triton is not None),
-                                reason="needs CUDA and Triton")
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and kernels.triton is not None), reason="needs CUDA and Triton"
+)
 
 
 @pytest.mark.parametrize("c, g", [(128, 32), (1152, 128), (1152, 96), (4608, 4608)])

@@ -56,7 +56,9 @@ def test_casting_to_bf16_keeps_quantization_parameters_in_float32():
     q.to(torch.bfloat16)
     assert q.w_scale.dtype == torch.float32 and torch.equal(q.w_scale, scale)
     assert q.bias.dtype == torch.bfloat16 and q.qweight.dtype == torch.uint8
-    act = ActQuantizer.from_ranges(ActSpec(8, "static_timestep"),
-                                   (torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0]), torch.tensor([981.0, 21.0])))
+    act = ActQuantizer.from_ranges(
+        ActSpec(8, "static_timestep"),
+        (torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0]), torch.tensor([981.0, 21.0])),
+    )
     act.to(torch.bfloat16)
     assert act.timesteps.tolist() == [981.0, 21.0] and act.scale.dtype == torch.float32

@@ -26,10 +26,19 @@ def test_block_k_never_straddles_a_group():
 
 
 @needs_triton
-@pytest.mark.parametrize("m, k, n, group, kind", [
-    (40, 128, 48, 32, "group"), (7, 64, 16, 64, "channel"), (33, 96, 40, 96, "tensor"),
-    (300, 288, 136, 96, "group"), (1, 32, 8, 16, "group"),
-    (1100, 64, 24, 32, "group"), (1030, 96, 40, 96, "tensor"), (1500, 128, 16, 16, "group")])  # > 1024 rows: dequantize first
+@pytest.mark.parametrize(
+    "m, k, n, group, kind",
+    [
+        (40, 128, 48, 32, "group"),
+        (7, 64, 16, 64, "channel"),
+        (33, 96, 40, 96, "tensor"),
+        (300, 288, 136, 96, "group"),
+        (1, 32, 8, 16, "group"),
+        (1100, 64, 24, 32, "group"),
+        (1030, 96, 40, 96, "tensor"),
+        (1500, 128, 16, 16, "group"),
+    ],
+)  # > 1024 rows: dequantize first
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_w4_linear_equals_dequantize_then_linear(m, k, n, group, kind, dtype):
     if dtype == torch.bfloat16 and not CUDA:
@@ -53,11 +62,15 @@ def test_w4_linear_equals_dequantize_then_linear(m, k, n, group, kind, dtype):
 @needs_triton
 def test_w4_linear_names_unsupported_groups():
     with pytest.raises(ValueError, match=r"K \(24\) and the group size \(8\) to be multiples of 16, and K of 32"):
-        lk.w4_linear(torch.zeros(2, 24), torch.zeros(4, 12, dtype=torch.uint8), torch.ones(4, 3), torch.zeros(4, 3), None)
+        lk.w4_linear(
+            torch.zeros(2, 24), torch.zeros(4, 12, dtype=torch.uint8), torch.ones(4, 3), torch.zeros(4, 3), None
+        )
 
 
-@pytest.mark.skipif(not (CUDA and lk.triton is not None), reason="FP8 conversion needs the GPU (the interpreter's "
-                                                                 "E4M3 rounding differs)")
+@pytest.mark.skipif(
+    not (CUDA and lk.triton is not None),
+    reason="FP8 conversion needs the GPU (the interpreter's E4M3 rounding differs)",
+)
 @pytest.mark.parametrize("k", [64, 1152, 4608])
 def test_fp8_rows_is_the_reference_bit_for_bit(k):
     x = (torch.randn(257, k, device="cuda") * 3).to(torch.bfloat16)

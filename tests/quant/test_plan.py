@@ -3,15 +3,40 @@ import pytest
 from pipeline.quant.plan import LayerPlan, QuantPlan, build_plan, describe
 from pipeline.quant.targets import DEFAULT_INCLUDE
 
-IN = {f"transformer_blocks.{b}.{n}": c for b in range(2) for n, c in
-      [("attn1.to_q", 128), ("attn1.to_k", 128), ("attn1.to_v", 128), ("attn1.to_out.0", 128),
-       ("ff.net.0.proj", 128), ("ff.net.2", 512), ("norm1.linear", 128)]} | {"proj_out_1": 128}
+IN = {
+    f"transformer_blocks.{b}.{n}": c
+    for b in range(2)
+    for n, c in [
+        ("attn1.to_q", 128),
+        ("attn1.to_k", 128),
+        ("attn1.to_v", 128),
+        ("attn1.to_out.0", 128),
+        ("ff.net.0.proj", 128),
+        ("ff.net.2", 512),
+        ("norm1.linear", 128),
+    ]
+} | {"proj_out_1": 128}
 
 
 def _build(**kw):
-    args = dict(method="qdit", include=DEFAULT_INCLUDE, exclude=[], weight_bits=4, group_size=32,
-                weight_symmetric=False, clip_search=True, gptq=False, act_bits=8, act_mode="auto",
-                act_group_size=None, act_symmetric=False, attn_bits=16) | kw
+    args = (
+        dict(
+            method="qdit",
+            include=DEFAULT_INCLUDE,
+            exclude=[],
+            weight_bits=4,
+            group_size=32,
+            weight_symmetric=False,
+            clip_search=True,
+            gptq=False,
+            act_bits=8,
+            act_mode="auto",
+            act_group_size=None,
+            act_symmetric=False,
+            attn_bits=16,
+        )
+        | kw
+    )
     return build_plan(IN, **args)
 
 
@@ -39,14 +64,21 @@ def test_yaml_round_trip(tmp_path):
     back.validate(IN)
 
 
-@pytest.mark.parametrize("edit, fragment", [
-    (lambda p: p.layers.__setitem__("transformer_blocks.7.attn1.to_q", LayerPlan(4, "group", 32)),
-     "plan names module 'transformer_blocks.7.attn1.to_q', which is not a Linear"),
-    (lambda p: setattr(p.layers["transformer_blocks.0.attn1.to_q"], "weight_bits", 12), "12 bits is not supported"),
-    (lambda p: setattr(p.layers["transformer_blocks.0.ff.net.2"], "group_size", 48),
-     "group size 48 does not divide its input size 512"),
-    (lambda p: setattr(p.layers["transformer_blocks.0.attn1.to_q"], "act_mode", "lazy"), "act_mode 'lazy'"),
-])
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (
+            lambda p: p.layers.__setitem__("transformer_blocks.7.attn1.to_q", LayerPlan(4, "group", 32)),
+            "plan names module 'transformer_blocks.7.attn1.to_q', which is not a Linear",
+        ),
+        (lambda p: setattr(p.layers["transformer_blocks.0.attn1.to_q"], "weight_bits", 12), "12 bits is not supported"),
+        (
+            lambda p: setattr(p.layers["transformer_blocks.0.ff.net.2"], "group_size", 48),
+            "group size 48 does not divide its input size 512",
+        ),
+        (lambda p: setattr(p.layers["transformer_blocks.0.attn1.to_q"], "act_mode", "lazy"), "act_mode 'lazy'"),
+    ],
+)
 def test_bad_plans_are_refused(edit, fragment):
     plan = _build()
     edit(plan)

@@ -1,8 +1,16 @@
 import pytest
 import torch
 
-from pipeline.quant.quantizer import (SUPPORTED_BITS, check_bits, clip_search, dequantize, fake_quant, qparams,
-                                      quantize, sqnr_db)
+from pipeline.quant.quantizer import (
+    SUPPORTED_BITS,
+    check_bits,
+    clip_search,
+    dequantize,
+    fake_quant,
+    qparams,
+    quantize,
+    sqnr_db,
+)
 
 
 def _x(seed=0, shape=(64, 96)):

@@ -15,8 +15,17 @@ def _toy_fitness(genome):
 
 def _settings(**kw):
     space = _space()
-    base = dict(population=8, top_k=3, mutations=5, mutation_prob=0.3, crossovers=5, generations=6, seed=0,
-                budget=space.cost(space.base_genome).value("bitops"), metric="bitops")
+    base = dict(
+        population=8,
+        top_k=3,
+        mutations=5,
+        mutation_prob=0.3,
+        crossovers=5,
+        generations=6,
+        seed=0,
+        budget=space.cost(space.base_genome).value("bitops"),
+        metric="bitops",
+    )
     return space, Settings(**(base | kw))
 
 

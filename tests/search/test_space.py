@@ -7,9 +7,11 @@ from pipeline.search.space import SearchSpace
 
 
 def _space(group_sizes=(16, 32, 64, 128), base_g=32, act_g=None, extra_fp=False):
-    layers = {"a": LayerPlan(4, "group", base_g, False, 8, "dynamic", act_g or base_g, False),
-              "b": LayerPlan(4, "group", base_g, False, 8, "dynamic", act_g or base_g, False),
-              "c": LayerPlan(4, "group", base_g, False, 8, "dynamic", act_g or base_g, False)}
+    layers = {
+        "a": LayerPlan(4, "group", base_g, False, 8, "dynamic", act_g or base_g, False),
+        "b": LayerPlan(4, "group", base_g, False, 8, "dynamic", act_g or base_g, False),
+        "c": LayerPlan(4, "group", base_g, False, 8, "dynamic", act_g or base_g, False),
+    }
     shapes = {"a": LayerShape(128, 128, 16), "b": LayerShape(96, 128, 16), "c": LayerShape(512, 128, 16)}
     if extra_fp:
         layers["d"] = LayerPlan(4, "channel", None, False, 8, "static", None, False)
@@ -45,8 +47,11 @@ def test_plan_of_a_genome_moves_activation_groups_with_weights_only_when_they_we
 def test_costs_add_up_and_larger_groups_are_cheaper():
     space = _space()
     for metric in ("bitops", "size"):
-        assert space.cost((128, 32, 128)).value(metric) < space.cost((32, 32, 32)).value(metric) \
+        assert (
+            space.cost((128, 32, 128)).value(metric)
+            < space.cost((32, 32, 32)).value(metric)
             < space.cost((16, 16, 16)).value(metric)
+        )
         assert space.cheapest(metric) == space.cost((128, 32, 128))
 
 

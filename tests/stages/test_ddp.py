@@ -14,8 +14,9 @@ from tests.helpers import REPO, write_params
 
 def _run(stage_args, cwd):
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.run([sys.executable, "-m", *stage_args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", *stage_args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -51,8 +52,14 @@ def test_two_ddp_processes_write_what_one_writes_up_to_rounding(pipeline_copy, b
 
 def test_two_ddp_processes_with_other_batch_sizes_match_to_rounding(pipeline_copy, built_pipeline):
     # odd batch sizes: the forwards have other shapes than in the one-process run
-    write_params(pipeline_copy, {"trainer": {"devices": 2, "strategy": "ddp", "accelerator": "cpu"},
-                                 "sample": {"batch_size": 7}, "evaluate": {"batch_size": 11}})
+    write_params(
+        pipeline_copy,
+        {
+            "trainer": {"devices": 2, "strategy": "ddp", "accelerator": "cpu"},
+            "sample": {"batch_size": 7},
+            "evaluate": {"batch_size": 11},
+        },
+    )
     _run(["stages.evaluate"], pipeline_copy)
     m1 = json.loads((built_pipeline / "metrics.json").read_text())
     m2 = json.loads((pipeline_copy / "metrics.json").read_text())
@@ -72,17 +79,29 @@ def test_two_ddp_processes_with_other_batch_sizes_match_to_rounding(pipeline_cop
 def test_search_result_does_not_depend_on_the_number_of_processes(pipeline_copy, built_pipeline):
     import shutil
 
-    search = {"fitness": "fid_fp", "population": 4, "top_k": 2, "mutations": 2, "crossovers": 2, "generations": 1,
-              "num_images": 30, "batch_size": 7}
+    search = {
+        "fitness": "fid_fp",
+        "population": 4,
+        "top_k": 2,
+        "mutations": 2,
+        "crossovers": 2,
+        "generations": 1,
+        "num_images": 30,
+        "batch_size": 7,
+    }
     results = {}
     for devices, strategy in ((1, "auto"), (2, "ddp")):
         shutil.rmtree(pipeline_copy / "data/search", ignore_errors=True)
-        write_params(pipeline_copy, {"search": search,
-                                     "trainer": {"devices": devices, "strategy": strategy, "accelerator": "cpu"}})
+        write_params(
+            pipeline_copy,
+            {"search": search, "trainer": {"devices": devices, "strategy": strategy, "accelerator": "cpu"}},
+        )
         _run(["stages.search"], pipeline_copy)
-        results[devices] = (json.loads((pipeline_copy / "data/search/checkpoint.json").read_text())["evaluated"],
-                            (pipeline_copy / "data/search/plan.yaml").read_bytes(),
-                            (pipeline_copy / "data/search/search.json").read_bytes())
+        results[devices] = (
+            json.loads((pipeline_copy / "data/search/checkpoint.json").read_text())["evaluated"],
+            (pipeline_copy / "data/search/plan.yaml").read_bytes(),
+            (pipeline_copy / "data/search/search.json").read_bytes(),
+        )
     # the same plans evaluated; on CPU the images can differ by a rounding (see above), and
     # fid_fp on 30 images moves with them: fitnesses within 5 %
     one, two = results[1][0], {tuple(e["genome"]): e["fitness"] for e in results[2][0]}

@@ -1,6 +1,7 @@
 """`dvc repro` and `dvc exp run` on a copy of the project with fast parameters."""
 
-from tests.helpers import git_project, sh as _sh
+from tests.helpers import git_project
+from tests.helpers import sh as _sh
 
 
 def _ran(output: str) -> set[str]:

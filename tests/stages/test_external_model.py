@@ -20,12 +20,23 @@ def test_dit_xl2_config_runs_the_paper_preset_with_small_counts(tmp_path, monkey
     # presets/paper-256.yaml (guidance 1.5, g = 128, the reference's candidates, Inception
     # features, ADM reference) with counts, devices and fitness a CPU can afford
     preset = yaml.safe_load((REPO / "presets/paper-256.yaml").read_text())
-    small = {"model": {"source": str(src)}, "calibrate": {"num_samples": 2, "steps": 2, "batch_size": 2},
-             "stats": {"batch_size": 2}, "quant": {"weight": {"clip_search": False}, "gptq": {"batch_size": 2}},
-             "search": {"group_sizes": [128, 288], "population": 3, "top_k": 2, "mutations": 2,
-                        "crossovers": 0, "generations": 1, "fitness": "mse"},  # no XL sampling on CPU
-             "sample": {"num_images": 2, "steps": 2, "batch_size": 2, "grid_size": 1},
-             "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true"}}
+    small = {
+        "model": {"source": str(src)},
+        "calibrate": {"num_samples": 2, "steps": 2, "batch_size": 2},
+        "stats": {"batch_size": 2},
+        "quant": {"weight": {"clip_search": False}, "gptq": {"batch_size": 2}},
+        "search": {
+            "group_sizes": [128, 288],
+            "population": 3,
+            "top_k": 2,
+            "mutations": 2,
+            "crossovers": 0,
+            "generations": 1,
+            "fitness": "mse",
+        },  # no XL sampling on CPU
+        "sample": {"num_images": 2, "steps": 2, "batch_size": 2, "grid_size": 1},
+        "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true"},
+    }
     write_params(proj, deep_update(preset, small))
     monkeypatch.chdir(proj)
     run_stage("model")
@@ -62,6 +73,7 @@ def test_dit_xl2_config_runs_the_paper_preset_with_small_counts(tmp_path, monkey
     # Inception features need the optional extra; without it: one clear message, no metrics
     try:
         import torch_fidelity  # noqa: F401
+
         return
     except ImportError:
         pass

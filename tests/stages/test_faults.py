@@ -41,25 +41,45 @@ UNCOMPARED = {"checkpoint.json"}
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-            "HF_HUB_OFFLINE": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 def _start(argv: list[str], cwd: Path, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", f"stages.{argv[0]}", *argv[1:]], cwd=cwd, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", f"stages.{argv[0]}", *argv[1:]],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def _files(path: Path) -> dict[str, bytes]:
     if path.is_file():
         return {path.name: path.read_bytes()}
-    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*"))
-            if f.is_file() and f.name not in UNCOMPARED}
+    return {
+        str(f.relative_to(path)): f.read_bytes()
+        for f in sorted(path.rglob("*"))
+        if f.is_file() and f.name not in UNCOMPARED
+    }
 
 
 def _leftovers(root: Path, outputs: list[str]) -> list[str]:
-    return sorted(str(p.relative_to(root)) for out in outputs for pattern in (".*.tmp-*", ".*.old-*")
-                  for p in (root / out).parent.glob(pattern) if p.name.startswith(f".{Path(out).name}."))
+    return sorted(
+        str(p.relative_to(root))
+        for out in outputs
+        for pattern in (".*.tmp-*", ".*.old-*")
+        for p in (root / out).parent.glob(pattern)
+        if p.name.startswith(f".{Path(out).name}.")
+    )
 
 
 def _remove(root: Path, outputs: list[str]) -> None:
@@ -78,8 +98,11 @@ def _kill_at(proc: subprocess.Popen, seconds: float | None, watch: list[Path]) -
     what happened: killed, or finished (the stage was faster than the kill)."""
     start = time.monotonic()
     while proc.poll() is None:
-        due = time.monotonic() - start >= seconds if seconds is not None else any(
-            any(d.glob(f".{name}.tmp-*")) for d, name in ((p.parent, p.name) for p in watch))
+        due = (
+            time.monotonic() - start >= seconds
+            if seconds is not None
+            else any(any(d.glob(f".{name}.tmp-*")) for d, name in ((p.parent, p.name) for p in watch))
+        )
         if due:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -116,6 +139,7 @@ def _limit_file_size(limit: int):
         # the process gets EFBIG from write() instead of being killed by SIGXFSZ
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 

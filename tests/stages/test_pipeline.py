@@ -24,8 +24,12 @@ def test_model_stage_writes_a_diffusers_dir_and_classifier(built_pipeline):
     assert info["source"] == "tiny" and info["num_classes"] == 10 and not info["latent"]
     assert info["num_layers"] == FAST["model"]["tiny"]["num_layers"]
     assert 0.8 < info["classifier_heldout_accuracy"] <= 1.0
-    for f in ("transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
-              "scheduler/scheduler_config.json", "classifier/model.safetensors"):
+    for f in (
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+        "classifier/model.safetensors",
+    ):
         assert (built_pipeline / "data/model" / f).is_file()
     assert not any(p.name.startswith(".") for p in (built_pipeline / "data").iterdir())
 
@@ -45,8 +49,15 @@ def test_calibration_records_are_the_trajectories_x_t(built_pipeline):
         label = torch.randint(0, 10, (1,), generator=gens[0])
         assert label.item() == records["y"][i]
         seen = {}
-        denoise(fp.transformer, make_scheduler("ddim", fp.scheduler_config, CALIB_STEPS), noise, label,
-                guidance_scale=1.0, null_label=10, on_step=lambda s, t, x: seen.setdefault(s, (int(t), x.clone())))
+        denoise(
+            fp.transformer,
+            make_scheduler("ddim", fp.scheduler_config, CALIB_STEPS),
+            noise,
+            label,
+            guidance_scale=1.0,
+            null_label=10,
+            on_step=lambda s, t, x: seen.setdefault(s, (int(t), x.clone())),
+        )
         t, x = seen[int(records["step"][i])]
         assert t == records["t"][i]
         assert np.allclose(x.numpy()[0], records["x"][i], atol=1e-6)
@@ -135,7 +146,9 @@ def test_every_stage_logged_to_mlflow_under_one_group(built_pipeline):
     assert search.data.metrics["fitness_best"] <= search.data.metrics["fitness_uniform"]
     history = client.get_metric_history(search.info.run_id, "fitness_best")
     assert [m.step for m in history] == list(range(FAST["search"]["generations"] + 1))
-    assert {"plan.yaml", "group_sizes.png", "fitness.png"} <= {a.path for a in client.list_artifacts(search.info.run_id)}
+    assert {"plan.yaml", "group_sizes.png", "fitness.png"} <= {
+        a.path for a in client.list_artifacts(search.info.run_id)
+    }
 
 
 def test_rerun_gives_identical_samples_and_metrics(pipeline_copy, built_pipeline):
@@ -181,13 +194,19 @@ def test_tracking_disabled_writes_no_mlflow_store(pipeline_copy):
     assert not (pipeline_copy / "mlflow.db").exists() and not (pipeline_copy / "mlartifacts").exists()
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    ({"quant": {"weight": {"group_size": 48}}}, "quant.weight.group_size = 48 is not allowed; allowed: a divisor of "
-                                                "the embedded DiT's hidden size 128 (model.tiny.num_heads x head_dim): "
-                                                "1, 2, 4, 8, 16, 32, 64, 128"),
-    ({"quant": {"weight": {"bits": 12}}}, "quant.weight.bits = 12 is not allowed; allowed: 2 to 8, or 16"),
-    ({"quant": {"include": ["blocks.*.qkv"]}}, "matches no Linear"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (
+            {"quant": {"weight": {"group_size": 48}}},
+            "quant.weight.group_size = 48 is not allowed; allowed: a divisor of "
+            "the embedded DiT's hidden size 128 (model.tiny.num_heads x head_dim): "
+            "1, 2, 4, 8, 16, 32, 64, 128",
+        ),
+        ({"quant": {"weight": {"bits": 12}}}, "quant.weight.bits = 12 is not allowed; allowed: 2 to 8, or 16"),
+        ({"quant": {"include": ["blocks.*.qkv"]}}, "matches no Linear"),
+    ],
+)
 def test_quantize_refuses_bad_settings_and_writes_nothing(pipeline_copy, capsys, extra, fragment):
     import shutil
 
@@ -205,11 +224,15 @@ def test_quantize_refuses_bad_settings_and_writes_nothing(pipeline_copy, capsys,
 def test_plan_file_naming_a_missing_module(pipeline_copy, capsys):
     from tests.helpers import write_params
 
-    plan = (pipeline_copy / "data/quant/plan.yaml").read_text().replace(
-        "transformer_blocks.1.ff.net.2:", "transformer_blocks.9.ff.net.2:")
+    plan = (
+        (pipeline_copy / "data/quant/plan.yaml")
+        .read_text()
+        .replace("transformer_blocks.1.ff.net.2:", "transformer_blocks.9.ff.net.2:")
+    )
     (pipeline_copy / "my_plan.yaml").write_text(plan)
     write_params(pipeline_copy, {"quant": {"plan": "my_plan.yaml"}})
     import shutil
+
     shutil.rmtree("data/search")
     with pytest.raises(SystemExit):
         run_stage("search")
@@ -234,15 +257,24 @@ def test_nan_in_activations_names_layer_and_timestep(pipeline_copy, capsys):
     assert not (pipeline_copy / "data/quant").exists()
 
 
-@pytest.mark.parametrize("method, wbits, abits, gptq", [
-    ("rtn", 8, 8, False), ("qdit", 6, 8, False), ("qdit", 4, 16, False), ("qdit", 16, 8, False),
-    ("qdit", 4, 4, False), ("qdit", 4, 8, True), ("none", 4, 8, False),
-])
+@pytest.mark.parametrize(
+    "method, wbits, abits, gptq",
+    [
+        ("rtn", 8, 8, False),
+        ("qdit", 6, 8, False),
+        ("qdit", 4, 16, False),
+        ("qdit", 16, 8, False),
+        ("qdit", 4, 4, False),
+        ("qdit", 4, 8, True),
+        ("none", 4, 8, False),
+    ],
+)
 def test_bit_settings_quantize_and_sample(pipeline_copy, method, wbits, abits, gptq):
     from tests.helpers import write_params
 
-    write_params(pipeline_copy, {"quant": {"method": method, "weight": {"bits": wbits, "gptq": gptq},
-                                           "act": {"bits": abits}}})
+    write_params(
+        pipeline_copy, {"quant": {"method": method, "weight": {"bits": wbits, "gptq": gptq}, "act": {"bits": abits}}}
+    )
     run_stage("search")
     run_stage("quantize")
     run_stage("sample")
@@ -270,8 +302,9 @@ def test_model_stage_is_byte_identical_across_processes_and_hash_seeds(tmp_path)
         proj.mkdir()
         write_params(proj, {"tracking": {"enabled": False}})
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": seed}
-        proc = subprocess.run([sys.executable, "-m", "stages.model"], cwd=proj, env=env, capture_output=True,
-                              text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "stages.model"], cwd=proj, env=env, capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         files = sorted(p for p in (proj / "data/model").rglob("*") if p.is_file())
         digests.append({str(p.relative_to(proj)): p.read_bytes() for p in files})
@@ -286,10 +319,16 @@ def test_evaluate_with_adm_statistics_only(pipeline_copy, capsys):
     from pipeline.metrics.fid import statistics
     from pipeline.models.tiny import load_digits_images
 
-    feats = extract_all(build_extractor("digits", pipeline_copy / "data/model"), load_digits_images()[0], 500,
-                        progress=False)
-    np.savez(pipeline_copy / "stats.npz", mu=statistics(feats.pool)[0], sigma=statistics(feats.pool)[1],
-             mu_s=statistics(feats.spatial)[0], sigma_s=statistics(feats.spatial)[1])
+    feats = extract_all(
+        build_extractor("digits", pipeline_copy / "data/model"), load_digits_images()[0], 500, progress=False
+    )
+    np.savez(
+        pipeline_copy / "stats.npz",
+        mu=statistics(feats.pool)[0],
+        sigma=statistics(feats.pool)[1],
+        mu_s=statistics(feats.spatial)[0],
+        sigma_s=statistics(feats.spatial)[1],
+    )
     full = json.loads((pipeline_copy / "metrics.json").read_text())
     write_params(pipeline_copy, {"evaluate": {"reference": "stats.npz"}})
     run_stage("evaluate")
@@ -326,9 +365,10 @@ def test_int8_backend_samples_the_fake_quant_images(pipeline_copy, built_pipelin
 
     written = (pipeline_copy / "data/samples/images.npz").read_bytes()
     for backend, message in [
-            ("fp4", "quant.backend = 'fp4' is not allowed; allowed: fake, int8, fp8, int4"),
-            # the default plan is W4A8: fp8 computes W8A8 only
-            ("fp8", "quant.backend = 'fp8' computes W8A8; layer 'transformer_blocks.0.attn1.to_q' is W4A8")]:
+        ("fp4", "quant.backend = 'fp4' is not allowed; allowed: fake, int8, fp8, int4"),
+        # the default plan is W4A8: fp8 computes W8A8 only
+        ("fp8", "quant.backend = 'fp8' computes W8A8; layer 'transformer_blocks.0.attn1.to_q' is W4A8"),
+    ]:
         write_params(pipeline_copy, {"quant": {"backend": backend}})
         with pytest.raises(SystemExit) as exit_:
             run_stage("sample")
@@ -337,21 +377,35 @@ def test_int8_backend_samples_the_fake_quant_images(pipeline_copy, built_pipelin
         assert (pipeline_copy / "data/samples/images.npz").read_bytes() == written  # nothing written
 
 
-@pytest.mark.parametrize("artifact, stage, output, extra, fragment", [
-    ("data/model/model.json", "calibrate", "data/calib", {}, "model description is corrupt"),
-    ("data/model/transformer/diffusion_pytorch_model.safetensors", "calibrate", "data/calib", {},
-     "FP model directory is incomplete or corrupt"),
-    ("data/calib/manifest.json", "stats", "data/stats", {}, "calibration manifest is corrupt"),
-    ("data/stats/stats.safetensors", "search", "data/search", {"quant": {"act": {"mode": "static"}}},
-     "activation statistics are corrupt"),
-    ("data/search/plan.yaml", "quantize", "data/quant", {}, "cannot read the quantization plan"),
-    ("data/quant/plan.yaml", "sample", "data/samples", {}, "cannot read the quantization plan"),
-    ("data/quant/quantized.safetensors", "sample", "data/samples", {}, "quantized checkpoint is corrupt"),
-    ("data/quant/quant.json", "evaluate", "metrics.json", {}, "quantization summary is corrupt"),
-    ("data/samples/images.npz", "evaluate", "metrics.json", {}, "image set is corrupt"),
-])
-def test_truncated_artifact_stops_its_consumer_naming_the_file(pipeline_copy, capsys, artifact, stage, output,
-                                                               extra, fragment):
+@pytest.mark.parametrize(
+    "artifact, stage, output, extra, fragment",
+    [
+        ("data/model/model.json", "calibrate", "data/calib", {}, "model description is corrupt"),
+        (
+            "data/model/transformer/diffusion_pytorch_model.safetensors",
+            "calibrate",
+            "data/calib",
+            {},
+            "FP model directory is incomplete or corrupt",
+        ),
+        ("data/calib/manifest.json", "stats", "data/stats", {}, "calibration manifest is corrupt"),
+        (
+            "data/stats/stats.safetensors",
+            "search",
+            "data/search",
+            {"quant": {"act": {"mode": "static"}}},
+            "activation statistics are corrupt",
+        ),
+        ("data/search/plan.yaml", "quantize", "data/quant", {}, "cannot read the quantization plan"),
+        ("data/quant/plan.yaml", "sample", "data/samples", {}, "cannot read the quantization plan"),
+        ("data/quant/quantized.safetensors", "sample", "data/samples", {}, "quantized checkpoint is corrupt"),
+        ("data/quant/quant.json", "evaluate", "metrics.json", {}, "quantization summary is corrupt"),
+        ("data/samples/images.npz", "evaluate", "metrics.json", {}, "image set is corrupt"),
+    ],
+)
+def test_truncated_artifact_stops_its_consumer_naming_the_file(
+    pipeline_copy, capsys, artifact, stage, output, extra, fragment
+):
     import shutil
 
     write_params(pipeline_copy, extra)

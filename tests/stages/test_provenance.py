@@ -11,8 +11,12 @@ from tests.conftest import run_stage
 from tests.helpers import REPO
 
 RECORDS = {  # stage -> the JSON that carries its provenance
-    "calibrate": "data/calib/manifest.json", "stats": "data/stats/index.json", "search": "data/search/search.json",
-    "quantize": "data/quant/quant.json", "sample_fp": "data/samples_fp/info.json", "sample": "data/samples/info.json",
+    "calibrate": "data/calib/manifest.json",
+    "stats": "data/stats/index.json",
+    "search": "data/search/search.json",
+    "quantize": "data/quant/quant.json",
+    "sample_fp": "data/samples_fp/info.json",
+    "sample": "data/samples/info.json",
     "evaluate": "metrics.json",
 }
 
@@ -50,12 +54,15 @@ def test_params_hash_follows_the_stages_params_only(pipeline_copy):
     assert {s for s in STAGE_PARAMS if before[s] != after[s]} == {"sample", "sample_fp"}
 
 
-@pytest.mark.parametrize("stage, argv, made_from", [
-    ("stats", (), "data/calib/manifest.json"),
-    ("quantize", (), "data/search/search.json"),
-    ("sample", (), "data/quant/quant.json"),
-    ("evaluate", (), "data/samples/info.json"),
-])
+@pytest.mark.parametrize(
+    "stage, argv, made_from",
+    [
+        ("stats", (), "data/calib/manifest.json"),
+        ("quantize", (), "data/search/search.json"),
+        ("sample", (), "data/quant/quant.json"),
+        ("evaluate", (), "data/samples/info.json"),
+    ],
+)
 def test_input_made_from_another_model_is_refused(pipeline_copy, capsys, stage, argv, made_from):
     record = pipeline_copy / "data/model/provenance.json"
     rec = json.loads(record.read_text())

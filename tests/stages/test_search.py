@@ -39,8 +39,10 @@ def test_search_outputs_and_quantize_uses_the_plan(built_pipeline):
 
 @pytest.mark.parametrize("fitness", ["sample_mse", "fid_fp", "fid"])
 def test_image_fitness_through_the_sampling_module(pipeline_copy, fitness):
-    write_params(pipeline_copy, {"search": {"fitness": fitness, "population": 3, "mutations": 1, "crossovers": 1,
-                                            "generations": 1}})
+    write_params(
+        pipeline_copy,
+        {"search": {"fitness": fitness, "population": 3, "mutations": 1, "crossovers": 1, "generations": 1}},
+    )
     run_stage("search")
     state = _json(pipeline_copy / "data/search/checkpoint.json")
     values = [e["fitness"] for e in state["evaluated"]]
@@ -61,8 +63,14 @@ def test_disabled_search_writes_the_uniform_plan(pipeline_copy):
 
 def _search_process(cwd):
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.Popen([sys.executable, "-m", "stages.search"], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stages.search"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_killed_search_resumes_to_the_same_plan(pipeline_copy, tmp_path):
@@ -74,6 +82,7 @@ def test_killed_search_resumes_to_the_same_plan(pipeline_copy, tmp_path):
     expected = _json(pipeline_copy / "data/search/checkpoint.json")["evaluated"]
 
     import shutil
+
     shutil.rmtree(pipeline_copy / "data/search")
     proc = _search_process(pipeline_copy)
     checkpoint = pipeline_copy / "data/search/checkpoint.json"
@@ -106,15 +115,23 @@ def test_checkpoint_of_other_inputs_is_not_resumed(pipeline_copy, capsys):
     assert _json(pipeline_copy / "data/search/checkpoint.json")["fingerprint"] != state["fingerprint"]
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    ({"search": {"group_sizes": [16, 64]}}, "search.group_sizes = [16, 64] is not allowed; allowed: a list that "
-                                            "includes quant.weight.group_size = 32"),
-    ({"search": {"budget": 0.01}}, "search.budget = 0.01 GBOPs per image-forward cannot be met: the cheapest plan"),
-    ({"search": {"budget_metric": "size", "budget": 0.001}}, "search.budget = 0.001 MB cannot be met"),
-    ({"search": {"fitness": "fdi"}}, "search.fitness = 'fdi' is not allowed; allowed: mse, sample_mse, fid_fp, fid"),
-    ({"search": {"populaton": 5}}, "unknown key 'search.populaton' (did you mean 'population'?)"),
-    ({"search": {"mutation_prob": 1.5}}, "search.mutation_prob = 1.5 is not allowed; allowed: 0 <= value <= 1"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (
+            {"search": {"group_sizes": [16, 64]}},
+            "search.group_sizes = [16, 64] is not allowed; allowed: a list that includes quant.weight.group_size = 32",
+        ),
+        ({"search": {"budget": 0.01}}, "search.budget = 0.01 GBOPs per image-forward cannot be met: the cheapest plan"),
+        ({"search": {"budget_metric": "size", "budget": 0.001}}, "search.budget = 0.001 MB cannot be met"),
+        (
+            {"search": {"fitness": "fdi"}},
+            "search.fitness = 'fdi' is not allowed; allowed: mse, sample_mse, fid_fp, fid",
+        ),
+        ({"search": {"populaton": 5}}, "unknown key 'search.populaton' (did you mean 'population'?)"),
+        ({"search": {"mutation_prob": 1.5}}, "search.mutation_prob = 1.5 is not allowed; allowed: 0 <= value <= 1"),
+    ],
+)
 def test_bad_search_input_is_refused_and_nothing_is_written(pipeline_copy, capsys, extra, fragment):
     import shutil
 
@@ -153,5 +170,6 @@ def test_same_inputs_give_byte_identical_search_outputs(pipeline_copy, built_pip
     shutil.rmtree(pipeline_copy / "data/search")
     run_stage("search")
     for name in ("plan.yaml", "search.json", "checkpoint.json"):
-        assert (pipeline_copy / "data/search" / name).read_bytes() == \
-            (built_pipeline / "data/search" / name).read_bytes(), name
+        assert (pipeline_copy / "data/search" / name).read_bytes() == (
+            built_pipeline / "data/search" / name
+        ).read_bytes(), name

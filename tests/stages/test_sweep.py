@@ -9,8 +9,16 @@ import pytest
 
 from tests.helpers import git_project, sh
 
-SWEEP = {"sweep": {"name": "t", "bits": ["W4A8"], "methods": ["rtn", "qdit"], "ablation_bits": [],
-                   "seeds": [0, 1], "jobs": 2}}
+SWEEP = {
+    "sweep": {
+        "name": "t",
+        "bits": ["W4A8"],
+        "methods": ["rtn", "qdit"],
+        "ablation_bits": [],
+        "seeds": [0, 1],
+        "jobs": 2,
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +33,11 @@ def test_sweep_runs_every_setting_as_a_dvc_experiment(swept):
     summary = json.loads((proj / "sweeps/t/sweep.json").read_text())
     names = ["t-w4a8-rtn-s0", "t-w4a8-qdit-s0", "t-w4a8-rtn-s1", "t-w4a8-qdit-s1"]
     assert sorted(summary["experiments"]) == sorted(names) and summary["failed"] == [] and summary["seconds"] > 0
-    rows = {r["Experiment"]: r for r in json.loads(sh("python -c \"import dvc.api, json; "
-                                                       "print(json.dumps(dvc.api.exp_show()))\"", proj, env))
-            if r.get("Experiment")}
+    rows = {
+        r["Experiment"]: r
+        for r in json.loads(sh('python -c "import dvc.api, json; print(json.dumps(dvc.api.exp_show()))"', proj, env))
+        if r.get("Experiment")
+    }
     assert set(names) <= set(rows)
     for name in names:
         r = rows[name]
@@ -52,8 +62,11 @@ def test_sweep_stages_log_to_the_project_mlflow_db(swept):
     logged = {r.data.tags["qdit.dvc_exp"] for r in runs}
     # t-w4a8-qdit-s0 repeats the baseline's settings (the sweep's `dvc repro`): DVC restores its
     # stages from the run cache, so they run - and log - only if its plan came out different
-    assert {"t-w4a8-rtn-s0", "t-w4a8-rtn-s1", "t-w4a8-qdit-s1"} <= logged <= \
-        {"t-w4a8-rtn-s0", "t-w4a8-qdit-s0", "t-w4a8-rtn-s1", "t-w4a8-qdit-s1"}
+    assert (
+        {"t-w4a8-rtn-s0", "t-w4a8-rtn-s1", "t-w4a8-qdit-s1"}
+        <= logged
+        <= {"t-w4a8-rtn-s0", "t-w4a8-qdit-s0", "t-w4a8-rtn-s1", "t-w4a8-qdit-s1"}
+    )
     assert all("sfid" in r.data.metrics and "precision" in r.data.metrics for r in runs)
 
 
@@ -92,7 +105,8 @@ def test_report_writes_the_table_and_figures(swept):
 
 def test_report_without_experiments_fails_clearly(swept):
     proj, env, _ = swept
-    proc = subprocess.run("python -m stages.report --sweep nope", cwd=proj, env=env, shell=True,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        "python -m stages.report --sweep nope", cwd=proj, env=env, shell=True, capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "no finished DVC experiments named nope-*" in proc.stderr
     assert not (proj / "sweeps/nope").exists()
