@@ -16,7 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-METHODS = ("rtn", "groups", "dynamic", "qdit")
+from pipeline.options import SweepMethod, values
+
+METHODS = values(SweepMethod)
 LABELS = {"rtn": "RTN", "groups": "+ groups", "dynamic": "+ dynamic act.", "qdit": "Q-DiT (+ search)"}
 _BITS = re.compile(r"^W(\d+)A(\d+)$")
 _METHOD_OVERRIDES = {

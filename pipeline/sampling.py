@@ -13,10 +13,12 @@ from collections.abc import Callable
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+from pipeline.options import Scheduler
+
 SCHEDULER_CLASSES = {
-    "ddim": DDIMScheduler,
-    "ddpm": DDPMScheduler,
-    "dpm_solver": DPMSolverMultistepScheduler,
+    Scheduler.DDIM: DDIMScheduler,
+    Scheduler.DDPM: DDPMScheduler,
+    Scheduler.DPM_SOLVER: DPMSolverMultistepScheduler,
 }
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]

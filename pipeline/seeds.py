@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import torch
 
-# torch's CPU generator (mt19937) keeps only the low 32 bits of a seed, so image seeds are
-# packed into 32 bits: 12 for the base seed, 20 for the image index.
-MAX_BASE_SEED = 2**12 - 1
-MAX_IMAGES = 2**20
+from pipeline.options import MAX_BASE_SEED, MAX_IMAGES  # 12 bits of base seed, 20 of image index
 
 
 def image_seed(base_seed: int, index: int) -> int:

@@ -14,18 +14,19 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
 
+from pipeline.config import Params
 from pipeline.errors import UserError
 from pipeline.provenance import code_sha256
 
 
-def params_hash(cfg: DictConfig) -> str:
-    text = OmegaConf.to_yaml(cfg, sort_keys=True)
+def params_hash(cfg: Params) -> str:
+    text = yaml.safe_dump(cfg.model_dump(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def run_group(cfg: DictConfig) -> str:
+def run_group(cfg: Params) -> str:
     return os.environ.get("QDIT_RUN_GROUP") or os.environ.get("DVC_EXP_NAME") or params_hash(cfg)
 
 
@@ -39,7 +40,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def tracking_uri(cfg: DictConfig) -> str:
+def tracking_uri(cfg: Params) -> str:
     """$QDIT_TRACKING_URI, else tracking.uri: the environment lets a stage that runs in another
     directory (a queued DVC experiment) log to the project's db. Not $MLFLOW_TRACKING_URI:
     mlflow.set_tracking_uri writes that variable, so it would leak from one stage to the next
@@ -90,7 +91,7 @@ def _log_series(mlflow, run_id: str, series: dict[str, list[float]]) -> None:
 
 
 def log_stage(
-    cfg: DictConfig,
+    cfg: Params,
     stage: str,
     params: dict[str, Any],
     metrics: dict[str, Any],
@@ -152,7 +153,7 @@ def _create_db(path: Path, uri: str) -> None:
 
 
 def _log(
-    mlflow, cfg: DictConfig, uri: str, stage: str, params: dict[str, Any], metrics: dict[str, Any], artifacts, series
+    mlflow, cfg: Params, uri: str, stage: str, params: dict[str, Any], metrics: dict[str, Any], artifacts, series
 ) -> str:
     mlflow.set_tracking_uri(uri)
     tags = {
@@ -160,7 +161,7 @@ def _log(
         "qdit.run_group": run_group(cfg),
         "qdit.params_hash": params_hash(cfg),
         "qdit.git_commit": _git_commit(),
-        "qdit.code_sha256": code_sha256(),  # what the artifacts record too
+        "qdit.code_sha256": code_sha256(),  # of all the source; artifacts hash their stage's own
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["qdit.dvc_exp"] = os.environ["DVC_EXP_NAME"]

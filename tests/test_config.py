@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,11 @@ def test_wrong_type_names_key(tmp_path, extra, key):
     "extra, key, allowed",
     [
         ({"sample": {"scheduler": "euler"}}, "sample.scheduler", "ddim, ddpm, dpm_solver"),
-        ({"sample": {"num_images": 0}}, "sample.num_images", "an integer >= 1"),
+        ({"sample": {"num_images": 0}}, "sample.num_images", "an integer from 1 to 1048576"),
+        ({"stats": {"batch_size": 0}}, "stats.batch_size", "an integer >= 1"),
+        ({"quant": {"act": {"mode": "none"}}}, "quant.act.mode", "auto, dynamic, static, static_timestep"),
+        ({"search": {"mutation_prob": 1.5}}, "search.mutation_prob", "0 <= value <= 1"),
+        ({"sweep": {"seeds": [1, 1]}}, "sweep.seeds", "distinct integers from 0 to 1000"),
         ({"calibrate": {"steps": 2000}}, "calibrate.steps", "1 to 1000"),
         ({"sample": {"guidance_scale": 0.5}}, "sample.guidance_scale", ">= 1.0"),
         ({"trainer": {"devices": 0}}, "trainer.devices", "'auto', -1 (all) or an integer >= 1"),
@@ -102,3 +107,50 @@ def test_stage_refuses_bad_params_with_exit_2_and_writes_nothing(tmp_path):
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [params.name]
     assert yaml.safe_load(params.read_text())["model"]["tiny"]["train_step"] == 5
+
+
+def test_a_section_of_the_wrong_kind_names_what_it_holds(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["sample"] = [1, 2]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(UserError, match=r"sample = \[1, 2\] is not allowed; allowed: a mapping of num_images, steps"):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            {"sweep": {"methods": ["rtn", "smooth"]}},
+            "sweep.methods = 'smooth' is not allowed; allowed: a list of values from: rtn, groups, dynamic, qdit",
+        ),
+        ({"search": {"group_sizes": [16, 0]}}, "search.group_sizes = 0 is not allowed; allowed: a non-empty list of"),
+    ],
+)
+def test_a_bad_list_element_is_named(tmp_path, extra, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_params(_params_with(tmp_path, extra))
+
+
+def test_overrides_are_yaml_values_over_the_file():
+    cfg = load_params(
+        REPO / "params.yaml", ["quant.weight.bits=8", "search.group_sizes=[32, 64]", "evaluate.inception_weights=null"]
+    )
+    assert cfg.quant.weight.bits == 8 and cfg.search.group_sizes == [32, 64]
+    with pytest.raises(UserError, match="quant.weight.bits = '8x' is not allowed; allowed: 2 to 8, or 16"):
+        load_params(REPO / "params.yaml", ["quant.weight.bits=8x"])
+    with pytest.raises(UserError, match="unknown key 'quant.wieght' \\(did you mean 'weight'\\?\\)"):
+        load_params(REPO / "params.yaml", ["quant.wieght.bits=8"])
+    with pytest.raises(UserError, match="override 'bits'; expected key=value"):
+        load_params(REPO / "params.yaml", ["bits"])
+
+
+def test_choices_are_their_strings_and_validation_needs_no_torch():
+    cfg = load_params(REPO / "params.yaml")
+    assert type(cfg.quant.method) is str and type(cfg.sample.scheduler) is str  # plain values in YAML/JSON
+    code = (
+        "import sys, pipeline.config, stages.preset; "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -1,6 +1,7 @@
 """Property-based tests of params.yaml validation: every key of the schema, hostile values.
 
 Invalid input must be refused at load with a message naming the key; valid input must load.
+The keys are params.yaml's leaves, which are exactly the schema's (the schema holds no values).
 """
 
 import copy
@@ -11,7 +12,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
+from pydantic import BaseModel
 
 from pipeline.config import Params, load_params
 from pipeline.errors import UserError
@@ -23,18 +24,24 @@ _DIR = tempfile.TemporaryDirectory()  # hypothesis runs many examples per test: 
 
 
 def _leaves(node, prefix=""):
-    """(dotted key, default value) of every leaf of the schema."""
-    for k in node:
-        v = node[k] if not OmegaConf.is_missing(node, k) else None
+    """(dotted key, value) of every leaf of a params mapping."""
+    for k, v in node.items():
         key = f"{prefix}{k}"
-        if OmegaConf.is_dict(v):
+        if isinstance(v, dict):
             yield from _leaves(v, key + ".")
         else:
             yield key, v
 
 
-SCHEMA = OmegaConf.structured(Params)
-LEAVES = dict(_leaves(SCHEMA))
+def _schema_keys(model: type[BaseModel], prefix=""):
+    for k, f in model.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            yield from _schema_keys(f.annotation, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+LEAVES = dict(_leaves(BASE))
 SECTIONS = sorted({k.split(".")[0] for k in LEAVES})
 
 
@@ -85,12 +92,28 @@ def _wrong_values(default):
         return st.one_of(NOT_A_NUMBER, CONTAINERS)
     if isinstance(default, str):
         return CONTAINERS
-    if OmegaConf.is_list(default):
+    if isinstance(default, list):
         return st.dictionaries(WORDS, st.integers(), min_size=1, max_size=2)
     return None  # Optional or Any-typed keys: no value is of the wrong type
 
 
 TYPED = sorted(k for k, v in LEAVES.items() if _wrong_values(v) is not None)
+
+
+def test_params_yaml_sets_exactly_the_keys_of_the_schema():
+    assert sorted(LEAVES) == sorted(_schema_keys(Params))
+
+
+@FUZZ
+@given(key=st.sampled_from(sorted(LEAVES)))
+def test_a_missing_key_is_refused_naming_it(key):
+    params = copy.deepcopy(BASE)
+    *parents, leaf = key.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    del node[leaf]
+    assert f"missing key '{key}'" in _refused(params, replace=True)
 
 
 @FUZZ

@@ -12,7 +12,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from pipeline.lit.runner import IndexDataset, run_predict
 from pipeline.metrics.features import FeatureSet
@@ -51,7 +50,7 @@ def extract_sets(
     The feature network always runs in float32, whatever trainer.precision the denoiser uses:
     metric features in bf16 would move FID by more than quantization does.
     """
-    cfg = OmegaConf.merge(trainer_cfg, {"precision": "32-true"})
+    cfg = trainer_cfg.model_copy(update={"precision": "32-true"})
     module = FeatureModule(extractor, sets)
     preds, _, is_main = run_predict(module, IndexDataset(int(module.starts[-1])), batch_size, cfg, parts_dir)
     if not is_main:

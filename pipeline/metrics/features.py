@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import UserError
 from pipeline.models.classifier import DigitFeatures, load_classifier
+from pipeline.options import Features
 
 
 @dataclass
@@ -63,17 +64,17 @@ class InceptionFeatures(nn.Module):
 
 
 def resolve_kind(kind: str, model_info: dict) -> str:
-    if kind == "auto":
-        return "digits" if model_info.get("source") == "tiny" else "inception"
+    if kind == Features.AUTO:
+        return Features.DIGITS.value if model_info.get("source") == "tiny" else Features.INCEPTION.value
     return kind
 
 
 def build_extractor(kind: str, model_dir: Path, inception_weights: str | None = None) -> nn.Module:
     """`digits`: the classifier trained with the tiny DiT; `inception`: the FID Inception-v3 of
     torchmetrics/torch-fidelity, which needs the optional extra `.[imagenet]`."""
-    if kind == "digits":
+    if kind == Features.DIGITS:
         return DigitFeatures(load_classifier(model_dir))
-    if kind == "inception":
+    if kind == Features.INCEPTION:
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
 

@@ -1,8 +1,8 @@
 """Feature extraction as a Lightning predict run: the sets laid end to end, split back."""
 
 import torch
-from omegaconf import OmegaConf
 
+from pipeline.config import TrainerConfig
 from pipeline.lit.features import extract_sets
 from pipeline.metrics.features import extract_all
 from pipeline.models.classifier import DigitClassifier, DigitFeatures
@@ -14,7 +14,7 @@ def test_sets_come_back_whole_and_in_order(tmp_path):
     extractor = DigitFeatures(DigitClassifier().eval())
     images = load_digits_images()[0]
     sets = [images[:23], images[100:105], images[300:340]]  # batches of 16 straddle the sets
-    trainer = OmegaConf.create({"accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": "bf16-true"})
+    trainer = TrainerConfig(accelerator="cpu", devices=1, strategy="auto", precision="bf16-true")
     feats = extract_sets(extractor, sets, 16, trainer, tmp_path / ".parts")
     assert [len(f.pool) for f in feats] == [23, 5, 40]
     for f, images_of_set in zip(feats, sets):
