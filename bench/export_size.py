@@ -22,7 +22,8 @@ import torch
 from _common import xl_transformer
 from safetensors.torch import save_file
 
-from pipeline.quant.apply import linear_in_features, quant_state, quantize_model
+from pipeline.quant.apply import linear_in_features, quantize
+from pipeline.quant.checkpoint import quant_state
 from pipeline.quant.plan import build_plan
 from pipeline.quant.targets import DEFAULT_INCLUDE
 
@@ -65,7 +66,7 @@ def main() -> None:
         )
         layers_fp16 = {k: v for k, v in fp16.items() if k.rsplit(".", 1)[0] in plan.layers}
         with torch.no_grad():
-            state = quant_state(quantize_model(model, plan), plan)
+            state = quant_state(quantize(model, plan), plan)
         q_bytes, l_bytes = file_bytes(state), file_bytes(layers_fp16)
         rest = total_fp16 - l_bytes
         rows.append(

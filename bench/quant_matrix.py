@@ -24,7 +24,8 @@ from pipeline.metrics.fid import frechet_distance
 from pipeline.metrics.fidelity import psnr, ssim
 from pipeline.models.loader import load_fp_model
 from pipeline.models.tiny import load_digits_images
-from pipeline.quant.apply import act_ranges, gptq_model, linear_in_features, model_size, quantize_model
+from pipeline.quant.apply import act_ranges, linear_in_features, quantize
+from pipeline.quant.cost import model_size
 from pipeline.quant.plan import build_plan
 from pipeline.quant.targets import DEFAULT_INCLUDE
 from pipeline.sampling import guided_inputs
@@ -116,10 +117,7 @@ def main() -> None:
             attn_bits=16,
         )
         ranges = act_ranges(stats, plan) if plan.needs_ranges() else None
-        if gptq:
-            gptq_model(model, plan, batches, ranges, progress=False)
-        else:
-            quantize_model(model, plan, ranges)
+        quantize(model, plan, ranges=ranges, calibration=batches, progress=False)
         row = {"fid": [], "fid_fp": [], "psnr_fp": [], "ssim_fp": []}
         for seed in args.seeds:
             images = generate(model, fp, cfg.sample, args.num_images, seed)

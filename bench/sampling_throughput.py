@@ -71,7 +71,7 @@ def quantized(model, setting: str, clip: bool):
     attention and feed-forward linears)."""
     if setting == "fp":
         return model
-    from pipeline.quant.apply import linear_in_features, quantize_model
+    from pipeline.quant.apply import linear_in_features, quantize
     from pipeline.quant.backends import use_backend
     from pipeline.quant.plan import build_plan
     from pipeline.quant.targets import DEFAULT_INCLUDE
@@ -95,7 +95,7 @@ def quantized(model, setting: str, clip: bool):
         act_symmetric=False,
         attn_bits=16,
     )
-    return use_backend(quantize_model(model, plan), backend or "fake")
+    return use_backend(quantize(model, plan), backend or "fake")
 
 
 def measure(args, model, sched_cfg, num_classes, dtype) -> dict:

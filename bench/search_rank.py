@@ -25,12 +25,13 @@ from pipeline.metrics.features import build_extractor, extract
 from pipeline.metrics.fid import frechet_distance
 from pipeline.models.loader import load_fp_model
 from pipeline.models.tiny import load_digits_images
-from pipeline.quant.apply import linear_in_features, measure_shapes
-from pipeline.quant.plan import plan_from_params
+from pipeline.quant.apply import linear_in_features
+from pipeline.quant.cost import measure_shapes
 from pipeline.search.evolution import Evolution, Settings
 from pipeline.search.fitness import CandidateModel, ImageFitness, MSEFitness, SampleMSEFitness, Sampler
 from pipeline.search.space import SearchSpace
-from stages.common import calibration_batches
+from stages.calibration import calibration_batches
+from stages.search import plan_from_params
 
 
 def main() -> None:

@@ -23,10 +23,9 @@ import numpy as np
 import torch
 
 from pipeline.errors import UserError
-from pipeline.io import read_quantized
 from pipeline.models.loader import FPModel, load_fp_model
-from pipeline.quant.apply import load_quantized
 from pipeline.quant.backends import use_backend
+from pipeline.quant.checkpoint import load_quantized, read_checkpoint
 from pipeline.quant.plan import QuantPlan
 from pipeline.sampling import decode, denoise, make_scheduler, to_uint8
 from pipeline.seeds import generators, initial_noise
@@ -104,7 +103,7 @@ def load_quantized_dit(
     """The FP model of `model_dir` with the quantized layers of `quant_dir`, on `device` in `dtype`,
     computed by `backend` (see pipeline/quant/backends.py)."""
     fp = load_fp_model(model_dir)
-    plan, state = read_quantized(quant_dir)
+    plan, state = read_checkpoint(quant_dir)
     load_quantized(fp.transformer, plan, state, str(quant_dir))
     use_backend(fp.transformer, backend)
     device = torch.device(device) if device is not None else torch.device("cpu")

@@ -220,7 +220,7 @@ def read_calibration(calib_dir: str | Path) -> tuple[dict[str, np.ndarray], dict
     return records, manifest
 
 
-# --- quantized model ------------------------------------------------------------------------
+# --- safetensors ----------------------------------------------------------------------------
 
 
 def write_safetensors(path: Path, tensors: dict) -> None:
@@ -229,12 +229,6 @@ def write_safetensors(path: Path, tensors: dict) -> None:
     from safetensors.torch import save
 
     path.write_bytes(save({k: v.contiguous() for k, v in tensors.items()}))
-
-
-def write_quantized(out_dir: Path, plan, state: dict) -> None:
-    """plan.yaml (human-readable) + quantized.safetensors (codes, scales, zero points)."""
-    (out_dir / "plan.yaml").write_text(plan.to_yaml())
-    write_safetensors(out_dir / "quantized.safetensors", state)
 
 
 def read_stats(stats_dir: str | Path) -> dict:
@@ -251,25 +245,3 @@ def read_stats(stats_dir: str | Path) -> dict:
     if "count" not in state or "timesteps" not in state:
         raise UserError(f"{path}: activation statistics lack 'count'/'timesteps'; rerun `stats`")
     return state
-
-
-def read_quantized(quant_dir: str | Path):
-    """(QuantPlan, state dict) from the `quantize` stage's output, with clear errors."""
-    from safetensors.torch import load_file
-
-    from pipeline.quant.plan import QuantPlan
-
-    quant_dir = Path(quant_dir)
-    plan_path, state_path = quant_dir / "plan.yaml", quant_dir / "quantized.safetensors"
-    for p in (plan_path, state_path):
-        if not p.is_file():
-            raise UserError(f"{p}: not found; run the `quantize` stage first (dvc repro)")
-    try:
-        plan = QuantPlan.read(plan_path)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"{plan_path}: {e}") from None
-    try:
-        state = load_file(str(state_path))
-    except Exception as e:
-        raise UserError(f"{state_path}: quantized checkpoint is corrupt ({e}); rerun `quantize`") from None
-    return plan, state

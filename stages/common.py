@@ -11,10 +11,9 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from omegaconf import DictConfig  # noqa: E402
-
-from pipeline.config import load_params  # noqa: E402
+from pipeline.config import Params, load_params, select  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
+from pipeline.quant.errors import QuantError  # noqa: E402
 
 DATA = Path("data")
 MODEL = DATA / "model"
@@ -59,12 +58,15 @@ STAGE_SEEDS = {
 
 def provenance(cfg, stage: str) -> dict:
     """The provenance record of what `stage` writes now (pipeline/provenance.py)."""
-    from omegaconf import OmegaConf
-
     from pipeline.provenance import model_fingerprint, record
 
-    seeds = {k: OmegaConf.select(cfg, k) for k in STAGE_SEEDS.get(stage, [])}
-    return record(cfg, stage, STAGE_PARAMS[stage], seeds, model_fingerprint(MODEL))
+    seeds = {k: select(cfg, k) for k in STAGE_SEEDS.get(stage, [])}
+    return record(cfg, stage, stage_module(stage), STAGE_PARAMS[stage], seeds, model_fingerprint(MODEL))
+
+
+def stage_module(stage: str) -> str:
+    """The module a stage's command runs (dvc.yaml: `python -m <module>`)."""
+    return "stages.sample" if stage == "sample_fp" else f"stages.{stage}"
 
 
 def check_inputs(*paths: Path) -> None:
@@ -82,44 +84,22 @@ def check_inputs(*paths: Path) -> None:
     require_same_model(contents, MODEL)
 
 
-def read_calibration_for(fp) -> tuple[dict, dict]:
-    """The calibration records, checked to fit the FP model they will run through."""
-    from pipeline.io import read_calibration
+def user_message(e: Exception) -> str:
+    """A refusal of the quantization library, in params.yaml's words."""
+    from pipeline.quant.errors import BackendError, MissingRanges, StateError
 
-    records, manifest = read_calibration(CALIB)
-    if manifest["x_shape"] != list(fp.latent_shape):
-        raise UserError(
-            f"{CALIB}: calibration samples have shape {manifest['x_shape']}, the model in "
-            f"{MODEL} expects {list(fp.latent_shape)}; rerun `calibrate` for this model"
-        )
-    return records, manifest
-
-
-def calibration_batches(fp, device, batch_size: int) -> list[dict]:
-    """The calibration records as model inputs (doubled for guidance when it was used)."""
-    import torch
-
-    from pipeline.sampling import guided_inputs
-
-    records, manifest = read_calibration_for(fp)
-    dtype = next(fp.transformer.parameters()).dtype
-    x, t, y = (torch.from_numpy(records[k]) for k in ("x", "t", "y"))
-    batches = []
-    for i in range(0, len(x), batch_size):
-        kw = guided_inputs(
-            x[i : i + batch_size],
-            t[i : i + batch_size],
-            y[i : i + batch_size],
-            manifest["guidance_scale"] > 1.0,
-            fp.null_label,
-        )
-        batches.append({k: v.to(device, dtype if k == "hidden_states" else None) for k, v in kw.items()})
-    return batches
+    if isinstance(e, BackendError):
+        return f"quant.backend = {e.backend!r}: {e.args[0]}"
+    if isinstance(e, MissingRanges):
+        return f"{e}; rerun the `stats` stage"
+    if isinstance(e, StateError):
+        return f"{e}; rerun the `quantize` stage"
+    return str(e)
 
 
 def main(
     stage: str,
-    body: Callable[[DictConfig, argparse.Namespace], None],
+    body: Callable[[Params, argparse.Namespace], None],
     add_args: Callable[[argparse.ArgumentParser], None] | None = None,
     argv: list[str] | None = None,
 ) -> None:
@@ -135,5 +115,8 @@ def main(
         body(cfg, args)
     except UserError as e:
         print(f"error [{stage}]: {e}", file=sys.stderr)
+        sys.exit(2)
+    except QuantError as e:
+        print(f"error [{stage}]: {user_message(e)}", file=sys.stderr)
         sys.exit(2)
     print(f"[{stage}] done in {time.time() - start:.1f} s", file=sys.stderr)

@@ -15,21 +15,16 @@ import torch
 
 from pipeline.config import flat
 from pipeline.errors import UserError, require_finite
-from pipeline.io import atomic_dir, read_stats, write_json, write_quantized
+from pipeline.io import atomic_dir, read_stats, write_json
 from pipeline.models.loader import default_device, load_fp_model
-from pipeline.quant.apply import (
-    act_ranges,
-    gptq_model,
-    linear_in_features,
-    model_size,
-    outputs,
-    quant_state,
-    quantize_model,
-)
+from pipeline.quant.apply import act_ranges, linear_in_features, outputs, quantize
+from pipeline.quant.checkpoint import quant_state, write_checkpoint
+from pipeline.quant.cost import model_size
 from pipeline.quant.plan import QuantPlan
 from pipeline.quant.quantizer import FP_BITS, sqnr_db
 from pipeline.tracking import log_stage
-from stages.common import MODEL, QUANT, SEARCH, STATS, calibration_batches, check_inputs, main, provenance
+from stages.calibration import calibration_batches
+from stages.common import MODEL, QUANT, SEARCH, STATS, check_inputs, main, provenance
 
 
 def read_plan(path, in_features: dict[str, int]) -> QuantPlan:
@@ -38,7 +33,7 @@ def read_plan(path, in_features: dict[str, int]) -> QuantPlan:
     try:
         plan = QuantPlan.read(path)
         plan.validate(in_features)
-    except (ValueError, TypeError) as e:
+    except ValueError as e:  # PlanError
         raise UserError(f"quantization plan {path}: {e}") from None
     return plan
 
@@ -56,11 +51,7 @@ def run(cfg, args) -> None:
     batches = calibration_batches(fp, device, cfg.quant.gptq.batch_size)
     reference = outputs(model, batches, check=plan.layers)
     fp_weights = {n: model.get_submodule(n).weight.detach().float().cpu().clone() for n in plan.layers}
-    if plan.gptq:
-        g = cfg.quant.gptq
-        gptq_model(model, plan, batches, ranges, block_size=g.block_size, damp=g.damp)
-    else:
-        quantize_model(model, plan, ranges)
+    quantize(model, plan, ranges=ranges, calibration=batches)
     quantized = outputs(model, batches)
     require_finite(
         quantized,
@@ -91,7 +82,7 @@ def run(cfg, args) -> None:
         "provenance": provenance(cfg, "quantize"),
     }
     with atomic_dir(QUANT) as tmp:
-        write_quantized(tmp, plan, quant_state(model, plan))
+        write_checkpoint(tmp, plan, quant_state(model, plan))
         write_json(tmp / "quant.json", summary)
     print(
         f"[quantize] {plan.method}: {len(plan.layers)} layers, {size['size_mb']:.3f} MB "

@@ -10,12 +10,12 @@ import time
 
 from pipeline import plots
 from pipeline.config import flat
-from pipeline.io import atomic_dir, read_quantized, write_images, write_json
+from pipeline.io import atomic_dir, write_images, write_json
 from pipeline.lit.runner import IndexDataset, run_predict
 from pipeline.lit.sampling import SamplingModule
 from pipeline.models.loader import load_fp_model
-from pipeline.quant.apply import load_quantized
 from pipeline.quant.backends import use_backend
+from pipeline.quant.checkpoint import load_quantized, read_checkpoint
 from pipeline.quant.plan import describe
 from pipeline.tracking import log_stage
 from stages.common import DATA, MODEL, QUANT, SAMPLES, SAMPLES_FP, check_inputs, main, provenance
@@ -32,7 +32,7 @@ def run(cfg, args) -> None:
     described = "fp"
     if not args.fp:
         check_inputs(QUANT / "quant.json")
-        plan, state = read_quantized(QUANT)
+        plan, state = read_checkpoint(QUANT)
         load_quantized(fp.transformer, plan, state, str(QUANT))
         use_backend(fp.transformer, cfg.quant.backend)
         described = describe(plan)

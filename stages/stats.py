@@ -21,7 +21,8 @@ from pipeline.lit.stats import StatsModule
 from pipeline.models.loader import load_fp_model
 from pipeline.quant.targets import default_targets
 from pipeline.tracking import log_stage
-from stages.common import CALIB, DATA, MODEL, PLOTS, STATS, check_inputs, main, provenance, read_calibration_for
+from stages.calibration import read_calibration_for
+from stages.common import CALIB, DATA, MODEL, PLOTS, STATS, check_inputs, main, provenance
 
 
 def run(cfg, args) -> None:

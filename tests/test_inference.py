@@ -10,7 +10,7 @@ import yaml
 from pipeline.errors import UserError
 from pipeline.inference import QuantizedDiT, load_quantized_dit
 from pipeline.models.loader import FPModel
-from pipeline.quant.apply import linear_in_features, quantize_model
+from pipeline.quant.apply import linear_in_features, quantize
 from pipeline.quant.plan import build_plan
 from pipeline.quant.targets import DEFAULT_INCLUDE
 from pipeline.seeds import generators
@@ -69,7 +69,7 @@ def test_diffusers_pipeline_runs_the_quantized_transformer():
     fp_ref = fp_pipe(labels, generator=generators(7, torch.arange(4)), **kw).images
     qmodel = copy.deepcopy(fp_transformer)
     plan = _plan(qmodel)
-    dit = QuantizedDiT(FPModel(quantize_model(qmodel, plan), fp.vae, sched, {}), plan)
+    dit = QuantizedDiT(FPModel(quantize(qmodel, plan), fp.vae, sched, {}), plan)
     pipe = dit.to_diffusers()
     pipe.set_progress_bar_config(disable=True)
     ref = pipe(labels, generator=generators(7, torch.arange(4)), **kw).images

@@ -160,6 +160,12 @@ def _full_batch(batch_size: int):
     return collate
 
 
+def is_main() -> bool:
+    """Whether this is the main process (rank 0, or the only one)."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def broadcast_from_main(value: Any) -> Any:
     """The main process's value on every process (a no-op without torch.distributed)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

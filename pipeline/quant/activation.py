@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from pipeline.options import ActMode, values
 from pipeline.quant import kernels
 from pipeline.quant.buffers import KeepDtypeBuffers
 from pipeline.quant.quantizer import FP_BITS, fake_quant, qparams
 
-ACT_MODES = ("none", "dynamic", "static", "static_timestep")
+ACT_MODES = values(ActMode)
 
 
 @dataclass(frozen=True)

@@ -36,14 +36,15 @@ import os
 import torch
 import torch.nn as nn
 
-from pipeline.errors import UserError
+from pipeline.options import Backend, values
 from pipeline.quant import lowbit_kernels
 from pipeline.quant.activation import dynamic_qparams
 from pipeline.quant.buffers import KeepDtypeBuffers
+from pipeline.quant.errors import BackendError
 from pipeline.quant.packing import PACKED_BITS, pack_int4, unpack_int4
 from pipeline.quant.quantizer import FP_BITS, quantize
 
-BACKENDS = ("fake", "int8", "fp8", "int4")
+BACKENDS = values(Backend)
 
 
 class IntGemm(KeepDtypeBuffers):
@@ -148,103 +149,113 @@ class Int4Gemm(nn.Module):
 
 def _check_hardware(backend: str) -> None:
     """Refuse, before any work, a backend this machine cannot run."""
-    if backend == "fp8":
+    if backend == Backend.FP8:
         if torch.cuda.is_available():
             cc = torch.cuda.get_device_capability()
             if cc < (8, 9):
-                raise UserError(
-                    f"quant.backend = 'fp8' needs an NVIDIA GPU of compute capability 8.9 or newer "
-                    f"(Ada, Hopper); this GPU ({torch.cuda.get_device_name()}) is {cc[0]}.{cc[1]}. "
-                    "Use 'int8' or 'fake'"
+                raise BackendError(
+                    backend,
+                    f"needs an NVIDIA GPU of compute capability 8.9 or newer (Ada, Hopper); "
+                    f"this GPU ({torch.cuda.get_device_name()}) is {cc[0]}.{cc[1]}. "
+                    "Use 'int8' or 'fake'",
                 )
         elif not hasattr(torch, "float8_e4m3fn") or not hasattr(torch, "_scaled_mm"):
-            raise UserError(
-                f"quant.backend = 'fp8' needs FP8 support in torch (2.4+); torch {torch.__version__} "
-                "has none. Use 'fake'"
+            raise BackendError(
+                backend, f"needs FP8 support in torch (2.4+); torch {torch.__version__} has none. Use 'fake'"
             )
     # Triton's interpreter (TRITON_INTERPRET=1) runs the kernel on a CPU: how it is tested there
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    if backend == "int4" and not (lowbit_kernels.triton is not None and (torch.cuda.is_available() or interpreting)):
-        raise UserError(
-            "quant.backend = 'int4' needs Triton and a CUDA GPU (its kernel dequantizes inside the "
-            "GEMM); this machine has "
+    if backend == Backend.INT4 and not (
+        lowbit_kernels.triton is not None and (torch.cuda.is_available() or interpreting)
+    ):
+        raise BackendError(
+            backend,
+            "needs Triton and a CUDA GPU (its kernel dequantizes inside the GEMM); this "
+            "machine has "
             + ("no CUDA GPU" if lowbit_kernels.triton is not None else "no Triton")
-            + ". Use 'fake' (the same numbers)"
+            + ". Use 'fake' (the same numbers)",
         )
 
 
 def _check_layer(layer: nn.Module, name: str, backend: str) -> None:
     spec = layer.act.spec
     k, n = layer.in_features, layer.out_features
-    if backend == "fp8":
+    if backend == Backend.FP8:
         a = spec.bits if spec.active else FP_BITS
         if layer.weight_bits != 8 or a != 8:
-            raise UserError(
-                f"quant.backend = 'fp8' computes W8A8; layer {name!r} is W{layer.weight_bits}A{a} "
-                "(use 'int4' for 4-bit weights, 'int8' or 'fake' otherwise)"
+            raise BackendError(
+                backend,
+                f"is W{layer.weight_bits}A{a}; the fp8 backend computes W8A8 (use 'int4' "
+                "for 4-bit weights, 'int8' or 'fake' otherwise)",
+                name,
             )
         if k % 16 or n % 16:
-            raise UserError(
-                f"quant.backend = 'fp8': layer {name!r} is {k} -> {n}; torch._scaled_mm needs both "
-                "sizes to be multiples of 16"
-            )
-    if backend == "int4":
+            raise BackendError(backend, f"is {k} -> {n}; torch._scaled_mm needs both sizes to be multiples of 16", name)
+    if backend == Backend.INT4:
         if layer.weight_bits > PACKED_BITS:
-            raise UserError(
-                f"quant.backend = 'int4' needs weights of at most 4 bits; layer {name!r} has "
-                f"W{layer.weight_bits} (use 'fp8', 'int8' or 'fake')"
+            raise BackendError(
+                backend,
+                f"has W{layer.weight_bits}; the int4 backend needs weights of at most 4 "
+                "bits (use 'fp8', 'int8' or 'fake')",
+                name,
             )
         group = k // layer.w_scale.shape[1]  # per tensor, channel or group alike
         if lowbit_kernels.w4_block_k(k, group) is None:
-            raise UserError(
-                f"quant.backend = 'int4': layer {name!r} has {k} input channels in groups of {group}; "
-                "its kernel needs groups of a multiple of 16 channels and input sizes of a multiple of 32"
+            raise BackendError(
+                backend,
+                f"has {k} input channels in groups of {group}; the int4 kernel needs "
+                "groups of a multiple of 16 channels and input sizes of a multiple of 32",
+                name,
             )
 
 
 def _block(layer, name: str) -> int:
-    """The largest block in which activation and weight each share one scale, or a message."""
+    """The largest block in which activation and weight each share one scale, or a refusal."""
     k = layer.in_features
     spec = layer.act.spec
     if not spec.active or spec.bits > 8:
-        raise UserError(
-            f"quant.backend = 'int8' needs activations of at most 8 bits; layer {name!r} has "
-            f"A{spec.bits if spec.active else FP_BITS} (use backend 'fake', or quant.act.bits <= 8)"
+        raise BackendError(
+            Backend.INT8.value,
+            f"has A{spec.bits if spec.active else FP_BITS}; the int8 backend "
+            "needs activations of at most 8 bits (use 'fake')",
+            name,
         )
     g_w = k // layer.w_scale.shape[1]
     g_a = (spec.group_size or k) if spec.mode == "dynamic" else k
     small, large = sorted((g_w, g_a))
     if large % small:
-        raise UserError(
-            f"quant.backend = 'int8': layer {name!r} has weight groups of {g_w} and activation "
-            f"groups of {g_a} channels; one must divide the other"
+        raise BackendError(
+            Backend.INT8.value,
+            f"has weight groups of {g_w} and activation groups of {g_a} "
+            "channels; the int8 backend needs one to divide the other",
+            name,
         )
     return small
 
 
 def use_backend(model: nn.Module, backend: str) -> nn.Module:
     """Switch every quantized linear of `model` to `backend`, in place. Every layer is checked
-    before any is changed, so a refused backend leaves the model as it was."""
+    before any is changed, so a refused backend (BackendError) leaves the model as it was."""
     from pipeline.quant.linear import QuantLinear
 
     if backend not in BACKENDS:
-        raise UserError(f"quant.backend = {backend!r}; allowed: {', '.join(BACKENDS)}")
+        raise BackendError(backend, f"unknown; allowed: {', '.join(BACKENDS)}")
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLinear) and m.weight_bits != FP_BITS]
-    if backend != "fake":
+    if backend != Backend.FAKE:
         _check_hardware(backend)
     for name, m in layers:
-        if backend in ("fp8", "int4"):
+        if backend in (Backend.FP8, Backend.INT4):
             _check_layer(m, name, backend)
-        elif backend == "int8":
+        elif backend == Backend.INT8:
             _block(m, name)
     for name, m in layers:
         if isinstance(m.gemm, Int4Gemm):  # back from int4: the layer needs its own codes again
             m.qweight = unpack_int4(m.gemm.packed, m.in_features).to(m.gemm.packed.device)
-        if backend == "fake":
+        if backend == Backend.FAKE:
             m.gemm = None
-        elif backend == "int8":
+        elif backend == Backend.INT8:
             m.gemm = IntGemm(m, _block(m, name))
-        elif backend == "fp8":
+        elif backend == Backend.FP8:
             m.gemm = Fp8Gemm(m)
         else:
             m.gemm = Int4Gemm(m)

@@ -12,13 +12,22 @@ segments = in/g_w + in/g_a - in/lcm(g_w, g_a) counts the runs cut by both groupi
 when a side has one scale per row or per token; no rescale when neither side is quantized).
 Zero-point corrections are folded into the rescale and not counted apart. Smaller groups fit
 the data better and cost more rescales: the trade the granularity search makes.
+
+Also here: `model_size` of a quantized model as papers report it, and `measure_shapes`, the
+tokens each linear sees per image (from one forward).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import torch
+import torch.nn as nn
+
+from pipeline.options import BudgetMetric
+from pipeline.quant.linear import QuantLinear
 from pipeline.quant.plan import LayerPlan, QuantPlan
 from pipeline.quant.quantizer import FP_BITS
 
@@ -48,7 +57,7 @@ class Cost:
 
     def value(self, metric: str) -> float:
         """The budget quantity: 'bitops' in GBOPs or 'size' in MB."""
-        return {"bitops": self.gbitops, "size": self.size_mb}[metric]
+        return {BudgetMetric.BITOPS: self.gbitops, BudgetMetric.SIZE: self.size_mb}[metric]
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(self.bits + other.bits, self.bitops + other.bitops)
@@ -95,3 +104,49 @@ def plan_cost(plan: QuantPlan, shapes: dict[str, LayerShape]) -> Cost:
     for name, lp in plan.layers.items():
         total = total + layer_cost(lp, shapes[name])
     return total
+
+
+def model_size(model: nn.Module) -> dict[str, float]:
+    """Bytes as papers report them: every parameter at 16 bits (FP16), except quantized
+    weights at their bit width plus a float16 scale and a b-bit zero point per group."""
+    fp16_bits = 0
+    q_bits = 0
+    inside = set()
+    for name, m in model.named_modules():
+        if isinstance(m, QuantLinear):
+            inside.add(name)
+            bias = m.bias is not None
+            fp16_bits += weight_storage_bits(m.in_features, m.out_features, FP_BITS, 0, True, bias)
+            pairs = 0 if m.weight_bits == FP_BITS else m.w_scale.numel()
+            q_bits += weight_storage_bits(m.in_features, m.out_features, m.weight_bits, pairs, m.weight_symmetric, bias)
+            if m.act.is_static:
+                q_bits += m.act.scale.numel() * (16 + m.act.spec.bits)
+    for name, p in model.named_parameters():
+        if not any(name.startswith(q + ".") for q in inside):
+            fp16_bits += 16 * p.numel()
+            q_bits += 16 * p.numel()
+    return {"size_mb": q_bits / 8e6, "fp16_size_mb": fp16_bits / 8e6}
+
+
+@torch.no_grad()
+def measure_shapes(model: nn.Module, names: Iterable[str], kwargs: dict) -> dict[str, LayerShape]:
+    """Each named linear's shape and input rows per image, from one forward of `kwargs`
+    (DiT: the patch tokens; rows / batch size, so classifier-free guidance does not count)."""
+    rows: dict[str, int] = {}
+    images = kwargs["hidden_states"].shape[0]
+    hooks = [
+        model.get_submodule(n).register_forward_pre_hook(
+            lambda m, args, n=n: rows.__setitem__(n, args[0].numel() // args[0].shape[-1])
+        )
+        for n in names
+    ]
+    try:
+        model(**kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for n in names:
+        m = model.get_submodule(n)
+        out[n] = LayerShape(m.in_features, m.out_features, rows.get(n, 0) // images, m.bias is not None)
+    return out

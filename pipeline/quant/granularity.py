@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.options import GranularityKind, values
+from pipeline.quant.errors import PlanError
 from pipeline.quant.quantizer import clip_search, dequantize, qparams, quantize
 
-GRANULARITIES = ("tensor", "channel", "group")
+GRANULARITIES = values(GranularityKind)
 
 
 @dataclass(frozen=True)
@@ -27,12 +29,12 @@ class Granularity:
 
     def check(self, layer: str, in_features: int) -> None:
         if self.kind not in GRANULARITIES:
-            raise ValueError(f"{layer}: granularity {self.kind!r}; allowed: {', '.join(GRANULARITIES)}")
+            raise PlanError(f"{layer}: granularity {self.kind!r}; allowed: {', '.join(GRANULARITIES)}")
         if self.kind == "group":
             g = self.group_size
-            if not g or g < 1 or in_features % g:
+            if not isinstance(g, int) or g < 1 or in_features % g:
                 valid = [d for d in range(1, in_features + 1) if in_features % d == 0]
-                raise ValueError(
+                raise PlanError(
                     f"{layer}: group size {g} does not divide its input size {in_features}; "
                     f"valid group sizes: {', '.join(map(str, valid))}"
                 )

@@ -1,8 +1,8 @@
 """The quantization plan: for each quantized module, its bits, granularity and activation mode.
 
-A plan is built from params.yaml (`build_plan`) or read from YAML that a user or the search
-stage wrote, validated against the model, and saved next to the quantized weights so the
-later stages (and users) know exactly what was done.
+A plan is built for a method (`build_plan`) or read from YAML that a user or the search wrote,
+validated against the model, and saved next to the quantized weights, so whoever loads them
+knows exactly what was done. `quantize(model, plan)` (apply.py) carries it out.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.options import Method, values
 from pipeline.quant.activation import ACT_MODES, ActSpec
+from pipeline.quant.errors import PlanError
 from pipeline.quant.granularity import GRANULARITIES, Granularity
 from pipeline.quant.quantizer import FP_BITS, check_bits
 from pipeline.quant.targets import select
 
-METHODS = ("none", "rtn", "qdit")
+METHODS = values(Method)
 
 
 @dataclass
@@ -44,7 +46,9 @@ class LayerPlan:
 class QuantPlan:
     method: str = "none"
     clip_search: bool = False
-    gptq: bool = False
+    gptq: bool = False  # GPTQ rounding (needs calibration inputs) instead of round-to-nearest
+    gptq_block_size: int = 128  # columns per GPTQ block (whole groups)
+    gptq_damp: float = 0.01  # added to the Hessian's diagonal, relative to its mean
     attn_bits: int = FP_BITS
     layers: dict[str, LayerPlan] = field(default_factory=dict)
 
@@ -59,17 +63,19 @@ class QuantPlan:
     @classmethod
     def from_dict(cls, d: dict, source: str = "plan") -> QuantPlan:
         if not isinstance(d, dict):
-            raise ValueError(f"{source}: expected a mapping, got {type(d).__name__}")
+            raise PlanError(f"{source}: expected a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         extra = set(d) - known
         if extra:
-            raise ValueError(f"{source}: unknown keys {sorted(extra)}; allowed: {sorted(known)}")
+            raise PlanError(f"{source}: unknown keys {sorted(extra)}; allowed: {sorted(known)}")
         layer_keys = {f.name for f in fields(LayerPlan)}
         layers = {}
         for name, spec in (d.get("layers") or {}).items():
+            if not isinstance(spec, (dict, type(None))):
+                raise PlanError(f"{source}: layer {name}: expected a mapping, got {type(spec).__name__}")
             bad = set(spec or {}) - layer_keys
             if bad:
-                raise ValueError(f"{source}: layer {name}: unknown keys {sorted(bad)}; allowed: {sorted(layer_keys)}")
+                raise PlanError(f"{source}: layer {name}: unknown keys {sorted(bad)}; allowed: {sorted(layer_keys)}")
             layers[name] = LayerPlan(**(spec or {}))
         return cls(**{k: v for k, v in d.items() if k != "layers"}, layers=layers)
 
@@ -79,30 +85,46 @@ class QuantPlan:
         try:
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"{path}: cannot read the quantization plan ({e})") from None
-        return cls.from_dict(data, str(path))
+            raise PlanError(f"{path}: cannot read the quantization plan ({e})") from None
+        plan = cls.from_dict(data, str(path))
+        try:
+            plan.check()
+        except PlanError as e:
+            raise PlanError(f"{path}: not a valid quantization plan: {e}") from None
+        return plan
+
+    def check(self) -> None:
+        """Every setting is supported (whatever the model); PlanError otherwise."""
+        if self.method not in METHODS:
+            raise PlanError(f"plan method {self.method!r}; allowed: {', '.join(METHODS)}")
+        check_bits(self.attn_bits, "attn_bits")
+        if self.gptq and not (self.gptq_block_size >= 1 and 0 < self.gptq_damp < 1):
+            raise PlanError(
+                f"GPTQ block size {self.gptq_block_size} and damping {self.gptq_damp}; allowed: "
+                "a block size >= 1 and 0 < damping < 1"
+            )
+        for name, lp in self.layers.items():
+            check_bits(lp.weight_bits, f"{name}: weight_bits")
+            check_bits(lp.act_bits, f"{name}: act_bits")
+            if lp.granularity not in GRANULARITIES:
+                raise PlanError(f"{name}: granularity {lp.granularity!r}; allowed: {', '.join(GRANULARITIES)}")
+            if lp.act_mode not in ACT_MODES:
+                raise PlanError(f"{name}: act_mode {lp.act_mode!r}; allowed: {', '.join(ACT_MODES)}")
 
     def validate(self, in_features: dict[str, int]) -> None:
-        """Every named module exists and every setting is supported; ValueError otherwise."""
-        if self.method not in METHODS:
-            raise ValueError(f"plan method {self.method!r}; allowed: {', '.join(METHODS)}")
-        check_bits(self.attn_bits, "attn_bits")
+        """check(), and every named module is a Linear of the model whose input size its group
+        sizes divide; PlanError otherwise."""
+        self.check()
         for name, lp in self.layers.items():
             if name not in in_features:
                 sample = ", ".join(list(in_features)[:4])
-                raise ValueError(
+                raise PlanError(
                     f"plan names module {name!r}, which is not a Linear of the model "
                     f"(its linears are named like {sample}, ...)"
                 )
             c = in_features[name]
-            check_bits(lp.weight_bits, f"{name}: weight_bits")
-            check_bits(lp.act_bits, f"{name}: act_bits")
-            if lp.granularity not in GRANULARITIES:
-                raise ValueError(f"{name}: granularity {lp.granularity!r}; allowed: {', '.join(GRANULARITIES)}")
             if lp.weight_bits != FP_BITS:
                 lp.weight_granularity.check(name, c)
-            if lp.act_mode not in ACT_MODES:
-                raise ValueError(f"{name}: act_mode {lp.act_mode!r}; allowed: {', '.join(ACT_MODES)}")
             if lp.act_mode == "dynamic" and lp.act_group_size is not None:
                 Granularity("group", lp.act_group_size).check(f"{name} (activations)", c)
 
@@ -126,6 +148,8 @@ def build_plan(
     act_group_size: int | None,
     act_symmetric: bool,
     attn_bits: int,
+    gptq_block_size: int = 128,
+    gptq_damp: float = 0.01,
 ) -> QuantPlan:
     """The uniform plan of a method.
 
@@ -135,8 +159,15 @@ def build_plan(
     act_mode other than `auto` overrides the method's activation mode (for ablations).
     """
     if method not in METHODS:
-        raise ValueError(f"quant.method {method!r}; allowed: {', '.join(METHODS)}")
-    plan = QuantPlan(method=method, clip_search=clip_search, gptq=gptq, attn_bits=attn_bits)
+        raise PlanError(f"method {method!r}; allowed: {', '.join(METHODS)}")
+    plan = QuantPlan(
+        method=method,
+        clip_search=clip_search,
+        gptq=gptq,
+        gptq_block_size=gptq_block_size,
+        gptq_damp=gptq_damp,
+        attn_bits=attn_bits,
+    )
     if method == "none":
         plan.attn_bits = FP_BITS
         return plan
@@ -166,7 +197,7 @@ def build_plan(
 def describe(plan: QuantPlan) -> str:
     """One line, e.g. 'qdit W4A8 (group 32, dynamic), 24 layers'."""
     if plan.method == "none" or not plan.layers:
-        return "fp (quant.method: none)"
+        return "fp (method none)"
     settings = sorted(
         {(lp.weight_bits, lp.act_bits, lp.granularity, lp.group_size, lp.act_mode) for lp in plan.layers.values()}
     )
@@ -177,29 +208,3 @@ def describe(plan: QuantPlan) -> str:
     more = f" +{len(settings) - 3} more" if len(settings) > 3 else ""
     extra = " + GPTQ" if plan.gptq else ""
     return f"{plan.method} {', '.join(parts)}{more}{extra}, {len(plan.layers)} layers"
-
-
-def plan_from_params(q, in_features: dict[str, int]) -> QuantPlan:
-    """The plan params.yaml's `quant` section asks for: the file `quant.plan` if set, else the
-    uniform plan of `quant.method`. Validated against the model; ValueError otherwise."""
-    if q.plan:
-        plan = QuantPlan.read(q.plan)
-    else:
-        plan = build_plan(
-            in_features,
-            method=q.method,
-            include=list(q.include),
-            exclude=list(q.exclude),
-            weight_bits=q.weight.bits,
-            group_size=q.weight.group_size,
-            weight_symmetric=q.weight.symmetric,
-            clip_search=q.weight.clip_search,
-            gptq=q.weight.gptq,
-            act_bits=q.act.bits,
-            act_mode=q.act.mode,
-            act_group_size=q.act.group_size,
-            act_symmetric=q.act.symmetric,
-            attn_bits=q.attn_bits,
-        )
-    plan.validate(in_features)
-    return plan

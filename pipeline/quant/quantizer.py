@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import torch
 
-SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8)
-FP_BITS = 16  # "not quantized"
+from pipeline.options import FP_BITS, SUPPORTED_BITS  # noqa: F401  (re-exported: the quantizer's bit widths)
+from pipeline.quant.errors import PlanError
+
 _TINY = 1e-8
 
 
 def check_bits(bits: int, what: str) -> None:
     if bits != FP_BITS and bits not in SUPPORTED_BITS:
-        raise ValueError(f"{what}: {bits} bits is not supported; allowed: 2 to 8, or 16 (not quantized)")
+        raise PlanError(f"{what}: {bits} bits is not supported; allowed: 2 to 8, or 16 (not quantized)")
 
 
 def qparams(

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
+from pipeline.quant.errors import PlanError
+
 DEFAULT_INCLUDE = (
     "transformer_blocks.*.attn1.to_q",
     "transformer_blocks.*.attn1.to_k",
@@ -22,13 +24,13 @@ DEFAULT_INCLUDE = (
 
 def select(names: Iterable[str], include: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
     """Names matching any include pattern and no exclude pattern, in the given order.
-    Raises ValueError for an include pattern that matches nothing (usually a typo)."""
+    Raises PlanError for an include pattern that matches nothing (usually a typo)."""
     names = list(names)
     include, exclude = list(include), list(exclude)
     for pattern in include:
         if not any(fnmatchcase(n, pattern) for n in names):
-            raise ValueError(
-                f"quant.include pattern {pattern!r} matches no Linear of the model (e.g. {', '.join(names[:3])}, ...)"
+            raise PlanError(
+                f"include pattern {pattern!r} matches no Linear of the model (e.g. {', '.join(names[:3])}, ...)"
             )
     return [n for n in names if any(fnmatchcase(n, p) for p in include) and not any(fnmatchcase(n, p) for p in exclude)]
 

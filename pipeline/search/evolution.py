@@ -21,13 +21,14 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from tqdm.auto import tqdm
 
+from pipeline.options import BudgetMetric
 from pipeline.search.space import Genome, SearchSpace
 
 
 @dataclass
 class EvolutionParams:
-    """The algorithm's knobs (the reference's values as defaults); params.yaml's `search`
-    section extends this."""
+    """The algorithm's knobs, the reference's values as defaults. `of(source)` takes them from
+    any object with these fields (the stages pass params.yaml's `search` section)."""
 
     population: int = 50
     top_k: int = 10
@@ -46,13 +47,13 @@ class EvolutionParams:
 @dataclass
 class Settings(EvolutionParams):
     budget: float = math.inf
-    metric: str = "bitops"  # bitops | size
+    metric: str = BudgetMetric.BITOPS.value
 
 
 class Evolution:
     def __init__(self, space: SearchSpace, settings: Settings, state: dict | None = None):
         self.space = space
-        self.s = settings
+        self.settings = settings
         state = state or {"evaluated": [], "generations_done": 0, "history": []}
         self.evaluated: list[dict] = [
             dict(e, genome=tuple(e["genome"]), fitness=float(e["fitness"])) for e in state["evaluated"]
@@ -70,7 +71,7 @@ class Evolution:
 
     @property
     def finished(self) -> bool:
-        return self.generations_done > self.s.generations
+        return self.generations_done > self.settings.generations
 
     def ranked(self, before: int | None = None) -> list[dict]:
         """Evaluated entries (of generations < before), best first; ties by evaluation order."""
@@ -87,12 +88,12 @@ class Evolution:
         return self.ranked()[0]
 
     def _feasible(self, genome: Genome, rng: np.random.Generator) -> Genome:
-        return self.space.repair(genome, self.s.budget, self.s.metric, rng)
+        return self.space.repair(genome, self.settings.budget, self.settings.metric, rng)
 
     def candidates(self, generation: int) -> list[Genome]:
         """The genomes generation `generation` evaluates: a function of the seed and of the
         entries of earlier generations only."""
-        rng = np.random.default_rng([self.s.seed, generation])
+        rng = np.random.default_rng([self.settings.seed, generation])
         seen = {e["genome"] for e in self.evaluated if e["generation"] < generation}
         out: list[Genome] = []
 
@@ -107,14 +108,14 @@ class Evolution:
 
         if generation == 0:
             out.append(self._feasible(self.space.base_genome, rng))
-            draw(lambda: self.space.random(rng), self.s.population - 1)
+            draw(lambda: self.space.random(rng), self.settings.population - 1)
             return out
-        top = [e["genome"] for e in self.ranked(before=generation)[: self.s.top_k]]
+        top = [e["genome"] for e in self.ranked(before=generation)[: self.settings.top_k]]
         cands = [self.space.candidates[n] for n in self.space.genes]
 
         def mutate() -> Genome:
             parent = top[int(rng.integers(len(top)))]
-            flips = rng.random(len(parent)) < self.s.mutation_prob
+            flips = rng.random(len(parent)) < self.settings.mutation_prob
             return tuple(int(rng.choice(c)) if f else g for g, f, c in zip(parent, flips, cands))
 
         def cross() -> Genome:
@@ -122,8 +123,8 @@ class Evolution:
             take = rng.random(len(top[i])) < 0.5
             return tuple(a if t else b for a, b, t in zip(top[i], top[j], take))
 
-        draw(mutate, self.s.mutations)
-        draw(cross, self.s.crossovers)
+        draw(mutate, self.settings.mutations)
+        draw(cross, self.settings.crossovers)
         return out
 
     def run(
@@ -140,7 +141,7 @@ class Evolution:
             fresh = 0
             for genome in tqdm(
                 genomes,
-                desc=f"search gen {gen}/{self.s.generations}",
+                desc=f"search gen {gen}/{self.settings.generations}",
                 disable=not progress,
                 mininterval=2.0,
                 leave=False,
@@ -161,7 +162,7 @@ class Evolution:
                 fresh += 1
                 checkpoint(self.state())
             this = [self._by_genome[g]["fitness"] for g in genomes]
-            top = [e["fitness"] for e in self.ranked(before=gen + 1)[: self.s.top_k]]
+            top = [e["fitness"] for e in self.ranked(before=gen + 1)[: self.settings.top_k]]
             self.history.append(
                 {
                     "generation": gen,
@@ -185,3 +186,37 @@ class Evolution:
 
 def settings_dict(s: Settings) -> dict:
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(s).items()}
+
+
+def summary(
+    space: SearchSpace, genome: Genome, evo: Evolution | None, *, fitness: str, budget: float, metric: str, unit: str
+) -> dict:
+    """What search.json records: the chosen plan's cost and group sizes beside the uniform
+    plan's, and, when a search ran, its fitnesses and settings. No wall time: the same inputs
+    give the same bytes."""
+    cost, base_cost = space.cost(genome), space.cost(space.base_genome)
+    out = {
+        "searched": evo is not None,
+        "fitness": fitness,
+        "budget_metric": metric,
+        "budget": budget,
+        "budget_unit": unit,
+        "layers": len(space),
+        "plan": {"size_mb": cost.size_mb, "gbitops": cost.gbitops},
+        "uniform": {
+            "size_mb": base_cost.size_mb,
+            "gbitops": base_cost.gbitops,
+            "group_size": sorted(set(space.base_genome)),
+        },
+        "cheapest": space.cheapest(metric).value(metric),
+        "group_sizes": dict(zip(space.genes, genome)),
+    }
+    if evo is not None:
+        out |= {
+            "fitness_best": evo.best()["fitness"],
+            "fitness_uniform": evo.fitness_of(space.base_genome),  # nan when the budget excluded it
+            "evaluated": len(evo.evaluated),
+            "generations": evo.generations_done,
+            "settings": settings_dict(evo.settings),
+        }
+    return out

@@ -26,7 +26,8 @@ from pipeline.lit.sampling import SamplingModule
 from pipeline.metrics.features import extract
 from pipeline.metrics.fid import frechet_distance
 from pipeline.models.loader import FPModel
-from pipeline.quant.apply import Ranges, outputs, quant_linear, quantize_model, set_module, timestep_context
+from pipeline.options import Fitness
+from pipeline.quant.apply import Ranges, outputs, quant_linear, quantize, set_module, timestep_context
 from pipeline.search.space import Genome, SearchSpace
 
 
@@ -40,7 +41,7 @@ class CandidateModel:
         self.space = space
         genes = set(space.genes)
         fixed = replace(space.base, layers={n: lp for n, lp in space.base.layers.items() if n not in genes})
-        quantize_model(model, fixed, ranges)  # also the attention processors, if the plan has them
+        quantize(model, replace(fixed, gptq=False), ranges=ranges)  # also the attention processors, if any
         ctx = timestep_context(model, space.base)
         self.variants: dict[tuple[str, int], nn.Module] = {}
         todo = [(n, g) for n in space.genes for g in space.candidates[n]]
@@ -141,3 +142,57 @@ class SampleMSEFitness:
     def __call__(self, model: nn.Module) -> float:
         x = self.sampler.run(decode=False)
         return broadcast_from_main(_relative_mse(x, self.reference) if x is not None else None)
+
+
+def make_fitness(
+    kind: str,
+    fp: FPModel,
+    model: nn.Module,
+    batches: list[dict],
+    device,
+    *,
+    images: dict,
+    trainer_cfg,
+    parts_dir,
+    features: str,
+    model_dir,
+    inception_weights: str | None,
+    reference: str,
+    feature_batch_size: int,
+):
+    """The fitness `kind` (mse | sample_mse | fid_fp | fid) of candidates of `model`, with its FP
+    references computed now, before any layer is quantized. `images`: the Sampler's settings
+    (num_images, steps, scheduler, guidance_scale, seed, batch_size); `features`, `reference`
+    and `inception_weights` name the feature network (digits: the classifier in `model_dir`) and
+    the reference set of the FIDs."""
+    if kind == Fitness.MSE:
+        return MSEFitness(model, batches)
+    sampler = Sampler(fp, **images, trainer_cfg=trainer_cfg, parts_dir=parts_dir)
+    if kind == Fitness.SAMPLE_MSE:
+        return SampleMSEFitness(sampler)
+    from pipeline.metrics.features import build_extractor, resolve_kind
+    from pipeline.metrics.reference import load_reference
+
+    extractor = build_extractor(resolve_kind(features, fp.info), model_dir, inception_weights)
+    target = None
+    if kind == Fitness.FID:
+        ref = load_reference(reference, image_shape(fp))
+        target = (
+            ref.pool_stats
+            if ref.pool_stats is not None
+            else extract(extractor, ref.images, feature_batch_size, device, "features: reference")
+        )
+    return ImageFitness(
+        sampler, extractor=extractor, device=device, feature_batch_size=feature_batch_size, target=target
+    )
+
+
+def image_shape(fp: FPModel) -> tuple[int, ...]:
+    """[H, W, C] of the images the model makes: one zero latent decoded."""
+    from pipeline.sampling import decode, to_uint8
+
+    with torch.no_grad():
+        latent = torch.zeros(1, *fp.latent_shape)
+        if fp.vae is not None:
+            latent = latent.to(next(fp.vae.parameters()).device)
+        return tuple(to_uint8(decode(latent, fp.vae)).shape[1:])

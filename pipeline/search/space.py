@@ -1,9 +1,10 @@
 """The granularity search space: one gene per group-wise quantized layer, its group size.
 
-A genome is a tuple of group sizes in gene order. A layer's candidates are the group sizes of
-`search.group_sizes` that divide its input size; the base plan's own group size must be one of
-them, so the base (uniform) plan is a point of the space. A layer's activation groups follow its weight group size when the base
-plan has them equal (Q-DiT's choice), otherwise they stay as the base plan set them.
+A genome is a tuple of group sizes in gene order. A layer's candidates are the given group
+sizes that divide its input size; the base plan's own group size must be one of them, so the
+base (uniform) plan is a point of the space. A layer's activation groups follow its weight
+group size when the base plan has them equal (Q-DiT's choice), otherwise they stay as the base
+plan set them.
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ class SearchSpace:
             if not allowed:
                 divisors = [d for d in range(2, c + 1) if c % d == 0][:12]
                 raise ValueError(
-                    f"search.group_sizes {list(group_sizes)}: none divides the input size {c} of "
+                    f"group sizes {list(group_sizes)}: none divides the input size {c} of "
                     f"layer {name}, so it has no candidate; divisors of {c}: "
                     f"{', '.join(map(str, divisors))}, ..."
                 )
             if own not in allowed:
                 raise ValueError(
                     f"layer {name}: the base plan's group size {own} is not among its candidates "
-                    f"{allowed}; add {own} to search.group_sizes (the base plan must be a point "
+                    f"{allowed}; add {own} to the candidates (the base plan must be a point "
                     "of the search space)"
                 )
             self.candidates[name] = allowed

@@ -1,19 +1,12 @@
 import pytest
 import torch
 
-from pipeline.errors import UserError
 from pipeline.models import tiny
-from pipeline.quant.apply import (
-    act_ranges,
-    gptq_model,
-    linear_in_features,
-    load_quantized,
-    model_size,
-    outputs,
-    quant_state,
-    quantize_model,
-)
+from pipeline.quant.apply import act_ranges, linear_in_features, outputs, quantize
 from pipeline.quant.attention import QuantAttnProcessor
+from pipeline.quant.checkpoint import load_quantized, quant_state
+from pipeline.quant.cost import model_size
+from pipeline.quant.errors import NonFiniteError, StateError
 from pipeline.quant.linear import QuantLinear
 from pipeline.quant.plan import build_plan
 from pipeline.quant.targets import DEFAULT_INCLUDE
@@ -72,7 +65,7 @@ def _rel(a, b):
 def test_quantized_forward_differs_from_fp_by_a_bounded_nonzero_amount(wbits, abits, bound):
     model, batches = _model(), _batches()
     ref = outputs(model, batches)
-    quantize_model(model, _plan(model, weight_bits=wbits, act_bits=abits))
+    quantize(model, _plan(model, weight_bits=wbits, act_bits=abits))
     assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 12
     err = _rel(outputs(model, batches), ref)
     assert 0 < err < bound
@@ -83,7 +76,7 @@ def test_more_bits_less_error():
     ref = outputs(_model(), batches)
     errs = []
     for bits in (3, 4, 6, 8):
-        m = quantize_model(_model(), _plan(_model(), weight_bits=bits, act_bits=16))
+        m = quantize(_model(), _plan(_model(), weight_bits=bits, act_bits=16))
         errs.append(_rel(outputs(m, batches), ref))
     assert errs == sorted(errs, reverse=True)
 
@@ -93,7 +86,7 @@ def test_save_load_round_trip_gives_identical_outputs():
     model = _model()
     stats = _fake_stats(model)
     plan = _plan(model, weight_bits=4, act_bits=8, act_mode="static_timestep")
-    quantize_model(model, plan, act_ranges(stats, plan))
+    quantize(model, plan, ranges=act_ranges(stats, plan))
     state = quant_state(model, plan)
     q = model.get_submodule("transformer_blocks.0.attn1.to_q")
     packed = state["transformer_blocks.0.attn1.to_q.qweight_int4"]  # 4 bits: two codes per byte
@@ -107,14 +100,14 @@ def test_save_load_round_trip_gives_identical_outputs():
         old[f"{name}.qweight"] = model.get_submodule(name).qweight.clone()
     assert torch.equal(outputs(load_quantized(_model(), plan, old), batches), outputs(model, batches))
     del state["transformer_blocks.1.ff.net.2.qweight_int4"]
-    with pytest.raises(UserError, match="lacks 'transformer_blocks.1.ff.net.2.qweight'"):
+    with pytest.raises(StateError, match="lacks 'transformer_blocks.1.ff.net.2.qweight'"):
         load_quantized(_model(), plan, state)
 
 
 def test_eight_bit_codes_stay_one_per_byte():
     model = _model()
     plan = _plan(model, weight_bits=8, act_bits=8)
-    state = quant_state(quantize_model(model, plan), plan)
+    state = quant_state(quantize(model, plan), plan)
     assert not [k for k in state if k.endswith("qweight_int4")]
     q = model.get_submodule("transformer_blocks.0.attn1.to_q")
     assert torch.equal(state["transformer_blocks.0.attn1.to_q.qweight"], q.qweight)
@@ -142,8 +135,10 @@ def test_static_ranges_come_from_seen_timesteps():
 def test_gptq_model_beats_rtn_on_its_calibration_data():
     batches = _batches(6)
     ref = outputs(_model(), batches)
-    rtn = quantize_model(_model(), _plan(_model(), weight_bits=3, act_bits=16))
-    gptq = gptq_model(_model(), _plan(_model(), weight_bits=3, act_bits=16, gptq=True), batches, progress=False)
+    rtn = quantize(_model(), _plan(_model(), weight_bits=3, act_bits=16))
+    gptq = quantize(
+        _model(), _plan(_model(), weight_bits=3, act_bits=16, gptq=True), calibration=batches, progress=False
+    )
     assert _rel(outputs(gptq, batches), ref) < _rel(outputs(rtn, batches), ref)
 
 
@@ -151,15 +146,15 @@ def test_gptq_names_layer_and_timestep_of_nan_input():
     model, batches = _model(), _batches()
     with torch.no_grad():
         model.transformer_blocks[0].norm1.linear.weight[0, 0] = float("nan")
-    with pytest.raises(UserError, match=r"layer 'transformer_blocks\.0\.attn1\.to_q' at timestep \d+"):
-        gptq_model(model, _plan(model, gptq=True), batches, progress=False)
+    with pytest.raises(NonFiniteError, match=r"layer 'transformer_blocks\.0\.attn1\.to_q' at timestep \d+"):
+        quantize(model, _plan(model, gptq=True), calibration=batches, progress=False)
 
 
 def test_model_size_counts_bits_scales_and_zero_points():
     model = _model()
     fp_params = sum(p.numel() for p in model.parameters())
     plan = _plan(model, weight_bits=4, act_bits=8)
-    quantize_model(model, plan)
+    quantize(model, plan)
     size = model_size(model)
     assert size["fp16_size_mb"] == pytest.approx(fp_params * 2 / 1e6)
     saved = 0
@@ -180,5 +175,5 @@ def test_attention_processor_matches_diffusers_at_16_bits_and_quantizes_below():
         block.attn1.set_processor(QuantAttnProcessor(4))
     assert 0.001 < _rel(outputs(model, batches), ref) < 0.5
     plan = _plan(_model(), attn_bits=8)
-    m = quantize_model(_model(), plan)
+    m = quantize(_model(), plan)
     assert isinstance(m.transformer_blocks[1].attn1.processor, QuantAttnProcessor)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pipeline.quant.apply import linear_in_features, measure_shapes, model_size, quantize_model
-from pipeline.quant.cost import LayerShape, layer_cost, plan_cost
+from pipeline.quant.apply import linear_in_features, quantize
+from pipeline.quant.cost import LayerShape, layer_cost, measure_shapes, model_size, plan_cost
 from pipeline.quant.plan import LayerPlan
 from tests.quant.test_apply import _batches, _model, _plan
 
@@ -51,7 +51,7 @@ def test_plan_cost_matches_the_size_of_the_quantized_model():
     assert {s.tokens for s in shapes.values()} == {16}  # 8x8 pixels in 2x2 patches
     rest = sum(p.numel() for n, p in model.named_parameters() if n.rpartition(".")[0] not in plan.layers)
     before = plan_cost(plan, shapes)
-    quantize_model(model, plan)
+    quantize(model, plan)
     assert model_size(model)["size_mb"] * 8e6 == pytest.approx(before.bits + 16 * rest, abs=1e-3)
 
 
