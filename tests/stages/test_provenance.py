@@ -6,6 +6,7 @@ import shutil
 import pytest
 import yaml
 
+from pipeline.provenance import code_sha256
 from stages.common import STAGE_PARAMS
 from tests.conftest import run_stage
 from tests.helpers import REPO
@@ -33,7 +34,11 @@ def test_every_artifact_records_code_params_seeds_and_model(built_pipeline):
     for stage, rec in records.items():
         assert rec["stage"] == stage and rec["params"] == STAGE_PARAMS[stage]
         assert rec["model"] == model["model"], stage  # all descend from this model
-        assert rec["code_sha256"] == model["code_sha256"] and len(rec["params_sha256"]) == 16
+        assert len(rec["params_sha256"]) == 16
+    # each hashes the code its stage runs: stages that share a script share it, others differ
+    code = {stage: rec["code_sha256"] for stage, rec in records.items()} | {"model": model["code_sha256"]}
+    assert code["sample"] == code["sample_fp"] == code_sha256("stages.sample")
+    assert code["model"] == code_sha256("stages.model") and len(set(code.values())) == 7
     params = yaml.safe_load((built_pipeline / "params.yaml").read_text())
     assert records["calibrate"]["seeds"] == {"calibrate.seed": params["calibrate"]["seed"]}
     assert records["sample"]["seeds"] == {"sample.seed": params["sample"]["seed"]}
