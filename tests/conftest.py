@@ -4,6 +4,20 @@ import os
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+def _triton_interpreter() -> None:
+    """Without a GPU, run the Triton kernels in Triton's interpreter (on CPU tensors) where
+    Triton is installed: set before any kernel is defined, since triton.jit reads it then."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_triton_interpreter()
+
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 

@@ -88,12 +88,21 @@ def test_image_depends_on_its_seed_only_not_on_batching(scheduler):
 
 
 def test_null_label_is_the_models_class_count():
-    """A 10-class model has no label 1000: the null label must be 10."""
+    """A 10-class model has no label 1000 (DiTPipeline's hard-coded one): its null label is 10,
+    the label embedder's extra last row, as the loaded model says."""
+    from pipeline.models.loader import FPModel
+    from tests.helpers import latent_dit
+
     torch.manual_seed(0)
     model = tiny.build_tiny_dit(1, 2, 16, 2).eval()
     cfg = dict(tiny.noise_scheduler().config)
+    null = FPModel(model, None, cfg, {}).null_label
+    assert null == 10 == model.transformer_blocks[0].norm1.emb.class_embedder.embedding_table.num_embeddings - 1
+    assert FPModel(latent_dit(num_layers=1), None, cfg, {}).null_label == 1000  # DiT-XL/2's
     noise = initial_noise(generators(0, torch.arange(2)), (1, 8, 8), torch.float32)
-    out = denoise(model, make_scheduler("ddim", cfg, 3), noise, torch.tensor([1, 2]), guidance_scale=1.5, null_label=10)
+    out = denoise(
+        model, make_scheduler("ddim", cfg, 3), noise, torch.tensor([1, 2]), guidance_scale=1.5, null_label=null
+    )
     assert torch.isfinite(out).all()
     with pytest.raises(IndexError):
         denoise(model, make_scheduler("ddim", cfg, 3), noise, torch.tensor([1, 2]), guidance_scale=1.5, null_label=1000)

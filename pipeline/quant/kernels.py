@@ -3,8 +3,9 @@
 The eager reference (activation._dynamic_reference, granularity.dequantize_weight) makes ~10
 passes over an activation; these kernels read it once and write it once. They repeat the
 reference's float32 operations in the same order with IEEE division (div_rn) and
-round-half-to-even (rint), so results match bit for bit (bench/quant_kernel_check.py checks
-this on the GPU). Set QDIT_KERNELS=0 to use the reference path everywhere.
+round-half-to-even (_rint), so results match bit for bit (tests/quant/test_kernels.py on a GPU,
+and on a CPU in Triton's interpreter, TRITON_INTERPRET=1; bench/quant_kernel_check.py at
+DiT-XL/2 sizes). Set QDIT_KERNELS=0 to use the reference path everywhere.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import torch
 try:  # Triton ships with CUDA builds of torch; CPU machines have no use for it
     import triton
     import triton.language as tl
-    from triton.language.extra import libdevice
 except ImportError:  # pragma: no cover - CPU-only installs
     triton = None
 
@@ -28,6 +28,15 @@ def available(t: torch.Tensor) -> bool:
 
 
 if triton is not None:
+
+    @triton.jit
+    def _rint(v):
+        """Round half to even, exactly for |v| < 2^22 (every quotient here is within the code
+        range): floor(v + 1/2), one down at ties that land on an odd number. Not libdevice's
+        rint, which Triton's interpreter lacks."""
+        r = tl.floor(v + 0.5)
+        odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
+        return tl.where(((r - v) == 0.5) & odd, r - 1.0, r)
 
     @triton.jit
     def _act_kernel(
@@ -53,8 +62,8 @@ if triton is not None:
             z = tl.full(s.shape, HALF, tl.float32)
         else:
             s = tl.maximum(tl.math.div_rn(hi - lo, QMAX * 1.0), 1e-8)
-            z = tl.minimum(tl.maximum(libdevice.rint(tl.math.div_rn(-lo, s)), 0.0), QMAX * 1.0)
-        q = libdevice.rint(tl.math.div_rn(x, s[:, None])) + z[:, None]
+            z = tl.minimum(tl.maximum(_rint(tl.math.div_rn(-lo, s)), 0.0), QMAX * 1.0)
+        q = _rint(tl.math.div_rn(x, s[:, None])) + z[:, None]
         q = tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0)
         y = (q - z[:, None]) * s[:, None]
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)

@@ -31,8 +31,15 @@ def test_scale_shapes_and_codes(gran, shape, clip):
     if gran.kind == "group":  # each group quantized on its own range
         g = gran.group_size
         for r, grp in [(0, 0), (3, shape[1] - 1)]:
-            block = w[r, grp * g : (grp + 1) * g]
-            assert (w_hat[r, grp * g : (grp + 1) * g] - block).abs().max() <= s[r, grp] / 2 + 1e-6 or clip
+            block, block_hat = w[r, grp * g : (grp + 1) * g], w_hat[r, grp * g : (grp + 1) * g]
+            step = s[r, grp]
+            lo, hi = (0 - z[r, grp]) * step, (15 - z[r, grp]) * step  # the group's representable range
+            inside = (block >= lo - step / 2) & (block <= hi + step / 2)
+            # within the range: half a step at most; beyond it (clipping): the nearest end
+            assert ((block_hat - block).abs()[inside] <= step / 2 + 1e-6).all()
+            assert torch.allclose(block_hat[~inside], block[~inside].clamp(lo, hi), atol=1e-6)
+            if not clip:
+                assert inside.all()  # min/max ranges clip nothing
 
 
 def test_sqnr_shrinks_as_group_size_grows():
