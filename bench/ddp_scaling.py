@@ -1,27 +1,33 @@
-"""The real stages on DiT-XL/2 on 1 and on N GPUs: same artifacts? how much faster? what memory?
+"""The real stages on 1 and on N devices: the same artifacts? how much faster? what memory?
 
   python bench/ddp_scaling.py --devices 1 2 --images 2048 --steps 10 --out bench/results/gpu_ddp_scaling.json
+  python bench/ddp_scaling.py --model tiny --accelerator cpu --devices 1 2 ...   # the CPU form (gloo)
 
-A scratch project per device count, params = params.yaml + presets/paper-256.yaml + the
-overrides below (tracking off). The model is a DiT-XL/2-config transformer and an SD-VAE-config
-decoder with random weights (bench/_common.save_xl_pipeline): the real compute, no download.
-Calibration runs at the paper's size (256 trajectories of DDIM 50 steps, guidance 1.5); the
-search is a small sample_mse search (8 plans, candidates 128/288); sampling is --images at
---steps, guidance 1.5; evaluation uses Inception-v3 with random weights (torch-fidelity) against
-the FP samples of the first run as the reference batch.
+A scratch project per device count; in each, every stage runs, from `model` to `evaluate`, as
+`python -m stages.<name>` in its own process (as `dvc repro` runs it), and the artifacts of each
+N-device project are compared with the 1-device project's: the FP model, calibration records,
+statistics, every search fitness and the plan, the quantized checkpoint, FP and quantized
+samples, metrics (`compare` in the results file). Nothing is copied from one project to another.
 
-Every stage runs as `python -m stages.<name>` in its own process, as `dvc repro` runs it. From
-its log: the wall time ("[stage] done in"), and per rank the predict loop's time and peak GPU
-memory ("[predict] rank r: ..."). Scaling = 1-device loop time / N-device loop time (slowest
-rank); wall-time ratios include process start, model loading and the DDP launch.
-The N-device runs sample the 1-device run's quantized model, so their images are comparable,
-and evaluate the 1-device run's FP samples beside their own (sample_fp runs once).
+--model xl (default): params = params.yaml + presets/paper-256.yaml + the overrides below
+(tracking off). A DiT-XL/2-config transformer and an SD-VAE-config decoder with random weights
+(bench/_common.save_xl_pipeline): the real compute, no download. Calibration at the paper's size
+(256 trajectories of DDIM 50 steps, guidance 1.5); a small sample_mse search (8 plans,
+candidates 128/288); --images at --steps, guidance 1.5; evaluation with Inception-v3 of random
+weights (torch-fidelity) against the first project's FP samples, or no evaluation without it.
+--model tiny: the embedded digits DiT, trained in each project, with params.yaml's values and
+the same small search; digit features against the digits. `--set key=value` overrides either.
+
+From each stage's log: the wall time ("[stage] done in"), and per rank the predict loop's time
+and peak GPU memory ("[predict] rank r: ..."). Scaling = 1-device loop time / N-device loop time
+(slowest rank); wall-time ratios include process start, model loading and the DDP launch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -94,55 +100,46 @@ def run_stage(proj: Path, name: str, *argv: str, timeout: int = 900) -> dict:
     return out
 
 
+def _images(path: Path) -> np.ndarray:
+    return np.load(path / "images.npz")["images"].astype(np.int16)
+
+
 def compare(one: Path, two: Path) -> dict:
-    """How far the N-device artifacts are from the 1-device ones."""
+    """How far the N-device artifacts (in `two`) are from the 1-device ones (in `one`)."""
     from safetensors.torch import load_file
 
     from pipeline.io import read_calibration
+    from pipeline.provenance import tree_sha256
 
+    out: dict = {"model_identical": tree_sha256(one / "data/model") == tree_sha256(two / "data/model")}
     r1, _ = read_calibration(one / "data/calib")
     r2, _ = read_calibration(two / "data/calib")
-    out = {
-        "calib_same_t_y_step": all(np.array_equal(r1[k], r2[k]) for k in ("t", "y", "step", "trajectory")),
-        "calib_x_max_abs_diff": float(np.abs(r1["x"] - r2["x"]).max()),
-        "calib_x_identical": bool(np.array_equal(r1["x"], r2["x"])),
-    }
-    if not (two / "data/stats").exists():  # --quick
-        s1 = s2 = {}
-    else:
-        s1, s2 = (
-            load_file(str(one / "data/stats/stats.safetensors")),
-            load_file(str(two / "data/stats/stats.safetensors")),
-        )
+    out["calib_same_t_y_step"] = all(np.array_equal(r1[k], r2[k]) for k in ("t", "y", "step", "trajectory"))
+    out["calib_x_max_abs_diff"] = float(np.abs(r1["x"] - r2["x"]).max())
+    out["calib_x_identical"] = bool(np.array_equal(r1["x"], r2["x"]))
+    s1, s2 = (load_file(str(p / "data/stats/stats.safetensors")) for p in (one, two))
     out["stats_max_rel_diff"] = max(
-        (
-            float(((s1[k].double() - s2[k].double()).abs() / s1[k].double().abs().clamp_min(1e-6)).max())
-            for k in s1
-            if s1[k].is_floating_point()
-        ),
-        default=None,
+        float(((s1[k].double() - s2[k].double()).abs() / s1[k].double().abs().clamp_min(1e-6)).max())
+        for k in s1
+        if s1[k].is_floating_point()
     )
-    if (two / "data/search").exists():
-        out |= compare_search(one, two)
+    out |= compare_search(one, two)
+    out["quant_identical"] = all(
+        (one / "data/quant" / f).read_bytes() == (two / "data/quant" / f).read_bytes()
+        for f in ("plan.yaml", "quantized.safetensors")
+    )
     for name in ("samples_fp", "samples"):
-        if (
-            not (two / f"data/{name}/images.npz").exists()
-            or (one / f"data/{name}").resolve() == (two / f"data/{name}").resolve()
-        ):
-            continue
-        a = np.load(one / f"data/{name}/images.npz")["images"].astype(np.int16)
-        b = np.load(two / f"data/{name}/images.npz")["images"].astype(np.int16)
+        a, b = _images(one / f"data/{name}"), _images(two / f"data/{name}")
         diff = np.abs(a - b)
         out[f"{name}_identical_images"] = f"{int((diff.reshape(len(a), -1).max(1) == 0).sum())} of {len(a)}"
         out[f"{name}_max_abs_diff"] = int(diff.max())
         out[f"{name}_pixels_differing"] = float((diff > 0).mean())
     if (one / "metrics.json").exists() and (two / "metrics.json").exists():
         m1, m2 = json.loads((one / "metrics.json").read_text()), json.loads((two / "metrics.json").read_text())
-        out["metrics_max_rel_diff"] = max(
-            abs(m1[k] - m2[k]) / max(abs(m1[k]), 1e-12)
-            for k in m1
-            if isinstance(m1[k], float) and isinstance(m2.get(k), float)
-        )
+        keys = [k for k in m1 if isinstance(m1[k], float) and isinstance(m2.get(k), float) and math.isfinite(m1[k])]
+        out["metrics_compared"] = keys
+        out["metrics_max_abs_diff"] = max(abs(m1[k] - m2[k]) for k in keys)
+        out["metrics_max_rel_diff"] = max(abs(m1[k] - m2[k]) / max(abs(m1[k]), 1e-12) for k in keys)
     return out
 
 
@@ -163,101 +160,93 @@ def compare_search(one: Path, two: Path) -> dict:
     return out
 
 
+def _set(params: dict, item: str) -> dict:
+    key, _, value = item.partition("=")
+    tree: object = yaml.safe_load(value)
+    for part in reversed(key.split(".")):
+        tree = {part: tree}
+    return deep_update(params, tree)
+
+
+def project_params(args, work: Path) -> tuple[dict, bool]:
+    """The parameters every project shares, and whether `evaluate` can run."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    search = {
+        "group_sizes": [128, 288] if args.model == "xl" else [32, 64],  # the base g and a cheaper one
+        "fitness": "sample_mse",
+        "num_images": args.search_images,
+        "steps": 10,
+        "population": 4,
+        "top_k": 2,
+        "mutations": 2,
+        "crossovers": 2,
+        "generations": 1,
+        "batch_size": 64,
+    }
+    common = {
+        "calibrate": {"num_samples": args.calib_samples, "steps": args.calib_steps},
+        "search": search,
+        "sample": {"num_images": args.images, "steps": args.steps},
+        "tracking": {"enabled": False},
+        "trainer": {
+            "accelerator": args.accelerator,
+            "precision": "bf16-true" if args.accelerator == "gpu" else "32-true",
+        },
+    }
+    evaluate = True
+    if args.model == "xl":
+        t0 = time.time()
+        save_xl_pipeline(work / "DiT-XL-2-256")
+        weights = random_inception_weights(work / "inception.pth")
+        inception = "random weights" if weights else "not installed: no evaluate"
+        print(f"model directory written in {time.time() - t0:.0f} s; Inception: {inception}")
+        params = deep_update(params, yaml.safe_load((REPO / "presets/paper-256.yaml").read_text()))
+        common |= {
+            "model": {"source": str(work / "DiT-XL-2-256")},
+            "quant": {"weight": {"clip_search": False}},  # not what is measured here; saves minutes
+            "evaluate": {"reference": str(work / "reference.npz"), "inception_weights": str(weights)},
+        }
+        evaluate = weights is not None
+    params = deep_update(params, common)
+    for item in args.set:
+        params = _set(params, item)
+    return params, evaluate
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--model", choices=["xl", "tiny"], default="xl")
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2])
     p.add_argument("--images", type=int, default=2048)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--calib-samples", type=int, default=256)
     p.add_argument("--calib-steps", type=int, default=50)
     p.add_argument("--search-images", type=int, default=64, help="sample_mse images per plan (10 steps)")
-    p.add_argument("--accelerator", default="gpu", help="gpu; cpu (gloo DDP, 32-true) only smoke-tests the script")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="only calibrate, sample_fp and evaluate (no stats, search, quantize, quantized sampling)",
-    )
+    p.add_argument("--accelerator", default="gpu", help="gpu, or cpu (gloo DDP, 32-true)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params.yaml override")
     p.add_argument("--work", default="/tmp/qdit-ddp")
     p.add_argument("--out", default="bench/results/gpu_ddp_scaling.json")
     args = p.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    t0 = time.time()
-    save_xl_pipeline(work / "DiT-XL-2-256")
-    weights = random_inception_weights(work / "inception.pth")
-    print(
-        f"model directory written in {time.time() - t0:.0f} s; Inception: {'random weights' if weights else 'not installed'}"
-    )
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = deep_update(params, yaml.safe_load((REPO / "presets/paper-256.yaml").read_text()))
-    params = deep_update(
-        params,
-        {
-            "model": {"source": str(work / "DiT-XL-2-256")},
-            "calibrate": {"num_samples": args.calib_samples, "steps": args.calib_steps},
-            "quant": {"weight": {"clip_search": False}},  # not what is measured here; saves minutes
-            "search": {
-                "group_sizes": [128, 288],
-                "fitness": "sample_mse",
-                "num_images": args.search_images,
-                "steps": 10,
-                "population": 4,
-                "top_k": 2,
-                "mutations": 2,
-                "crossovers": 2,
-                "generations": 1,
-                "batch_size": 64,
-            },
-            "sample": {"num_images": args.images, "steps": args.steps},
-            "evaluate": {
-                "reference": str(work / "reference.npz"),
-                "inception_weights": str(weights) if weights else None,
-            },
-            "tracking": {"enabled": False},
-            "trainer": {
-                "accelerator": args.accelerator,
-                "precision": "bf16-true" if args.accelerator == "gpu" else "32-true",
-            },
-        },
-    )
+    params, evaluate = project_params(args, work)
     result: dict = {"args": vars(args), "runs": {}, "compare": {}}
     first: Path | None = None
     for n in args.devices:
         proj = work / f"devices{n}"
         (proj / "data").mkdir(parents=True)
         strategy = "ddp" if n > 1 else "auto"
-        (proj / "params.yaml").write_text(
-            yaml.safe_dump(deep_update(params, {"trainer": {"devices": n, "strategy": strategy}}))
-        )
+        trainer = {"trainer": {"devices": n, "strategy": strategy}}
+        (proj / "params.yaml").write_text(yaml.safe_dump(deep_update(params, trainer)))
         print(f"devices {n}:", flush=True)
         runs: dict = {}
-        if first is None:
-            runs["model"] = run_stage(proj, "model")
-        else:
-            (proj / "data/model").symlink_to(first / "data/model")
-        runs["calibrate"] = run_stage(proj, "calibrate")
-        if args.quick:  # evaluate the FP samples against themselves
-            runs["sample_fp"] = run_stage(proj, "sample", "--fp")
-            shutil.copytree(proj / "data/samples_fp", proj / "data/samples")
-            (proj / "data/quant").mkdir()  # what evaluate reads of a quantization: none here
-            (proj / "data/quant/quant.json").write_text(json.dumps({"method": "none", "size_mb": 0, "fp16_size_mb": 0}))
-        else:
-            for name in ("stats", "search"):
-                runs[name] = run_stage(proj, name)
-            if first is None:
-                runs["quantize"] = run_stage(proj, "quantize")
-                runs["sample_fp"] = run_stage(proj, "sample", "--fp")
-            else:  # sample the first run's quantized model, so images compare one to one
-                shutil.copytree(first / "data/quant", proj / "data/quant")
-                shutil.copytree(first / "data/samples_fp", proj / "data/samples_fp")  # evaluate reads the same inputs
-            runs["sample"] = run_stage(proj, "sample")
-        if weights:
-            if first is None:
+        for stage in ("model", "calibrate", "stats", "search", "quantize", "sample_fp", "sample"):
+            runs[stage] = run_stage(proj, "sample", "--fp") if stage == "sample_fp" else run_stage(proj, stage)
+        if evaluate:
+            if first is None and args.model == "xl":  # the reference batch: the first project's FP images
                 np.savez(work / "reference.npz", arr_0=np.load(proj / "data/samples_fp/images.npz")["images"])
             runs["evaluate"] = run_stage(proj, "evaluate")
-            if "failed" in runs["evaluate"]:
-                (proj / "metrics.json").unlink(missing_ok=True)
         result["runs"][n] = runs
         if first is None:
             first = proj

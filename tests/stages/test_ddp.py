@@ -109,3 +109,65 @@ def test_search_result_does_not_depend_on_the_number_of_processes(pipeline_copy,
     for e in one:
         assert abs(two[tuple(e["genome"])] - e["fitness"]) < 0.05 * e["fitness"]
     assert not [p for p in (pipeline_copy / "data").iterdir() if p.name.startswith(".")]
+
+
+def test_the_scaling_benchmark_computes_every_stage_on_each_device_count(tmp_path):
+    """bench/ddp_scaling.py in its CPU form: 1 and 2 gloo processes, every stage computed in each
+    project (nothing copied between them), every artifact compared."""
+    out = tmp_path / "result.json"
+    fast = [
+        "model.tiny.num_layers=2",
+        "model.tiny.train_steps=60",
+        "model.tiny.batch_size=64",
+        "model.tiny.warmup_steps=10",
+        "model.classifier.epochs=3",
+        "calibrate.batch_size=8",
+        "stats.batch_size=8",
+        "search.batch_size=8",
+        "sample.batch_size=10",
+        "sample.grid_size=4",
+        "evaluate.batch_size=16",
+    ]
+    cmd = [
+        sys.executable,
+        str(REPO / "bench/ddp_scaling.py"),
+        "--model",
+        "tiny",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+        "2",
+        "--images",
+        "24",
+        "--steps",
+        "5",
+        "--calib-samples",
+        "24",
+        "--calib-steps",
+        "6",
+        "--search-images",
+        "16",
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+    ]
+    cmd += [a for s in fast for a in ("--set", s)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    stages = ["model", "calibrate", "stats", "search", "quantize", "sample_fp", "sample", "evaluate"]
+    for n in ("1", "2"):
+        assert list(result["runs"][n]) == stages and not [s for s, r in result["runs"][n].items() if "failed" in r]
+    assert {r["rank"] for r in result["runs"]["2"]["sample_fp"]["ranks"]} == {0, 1}  # two processes sampled
+    c = result["compare"]["2"]
+    assert "error" not in c, c
+    assert c["model_identical"] and c["calib_x_identical"] and c["calib_same_t_y_step"]
+    assert c["stats_max_rel_diff"] == 0.0 and c["quant_identical"]  # byte for byte, as on one device
+    assert c["search_plans_in_both"] == "8 of 8" and c["search_same_best_plan"]
+    assert c["search_fitness_max_rel_diff"] < 0.05
+    for name in ("samples_fp", "samples"):  # on CPU a rank's batch shape may move a rounding (see above)
+        assert c[f"{name}_max_abs_diff"] <= 1 and c[f"{name}_pixels_differing"] < 0.01, name
+    assert "fid" in c["metrics_compared"] and c["metrics_max_rel_diff"] < 1e-3
