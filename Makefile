@@ -6,12 +6,15 @@ STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install repro test sweep report clean
+.PHONY: install repro test lint format sweep report clean
 
 install: $(STAMP)
 
-# Torch first: the CPU build where no NVIDIA GPU is visible, so `torch>=2.4` below installs
-# nothing more; with a GPU, pip picks a CUDA build (or keep the one you have).
+# Torch first, so `torch>=2.4` below installs nothing more. Without a visible NVIDIA GPU it asks
+# for torch==2.13.0: a CPU build where one lies on the machine (as on this project's CPU
+# machines); from PyPI on Linux x86_64 that is the CUDA build (several GB) - install a CPU build
+# first from https://download.pytorch.org/whl/cpu to avoid it. With a GPU, pip picks a CUDA
+# build; a torch already in the venv is kept.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -26,6 +29,14 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	python -m pytest -q
+
+lint: $(STAMP)
+	ruff check .
+	ruff format --check .
+
+format: $(STAMP)
+	ruff check --fix .
+	ruff format .
 
 sweep: $(STAMP)
 	python -m stages.sweep
