@@ -10,7 +10,10 @@ reference, clipping search on), ImageFitness (the Lightning sampling module, DDI
 then FID on 2048-d features) and MSEFitness (256 calibration records). The Inception network is
 not available here: features come from a fixed random projection to 2048 dimensions, so the FID
 matrix square root is timed but the Inception forward (about 800 images at 299x299) is not.
-Projected search = population + generations x (mutations + crossovers) evaluations.
+Projected search = population + generations x (mutations + crossovers) evaluations, each at the
+median of all timed evaluations of its fitness (the FP reference sampling before them is the
+warm-up). `--recompute FILE` refreshes the medians and projections of a results file from its
+stored timings (results measured before 2026-12-05 took the median of the last evaluations only).
 """
 
 from __future__ import annotations
@@ -18,17 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from _common import XL_SCHEDULE, sd_vae, xl_transformer
-from omegaconf import OmegaConf
 from torch import nn
 
+from pipeline.config import TrainerConfig
 from pipeline.models.loader import FPModel
-from pipeline.quant.apply import linear_in_features, measure_shapes
+from pipeline.quant.apply import linear_in_features
+from pipeline.quant.cost import measure_shapes
 from pipeline.quant.plan import build_plan
 from pipeline.quant.targets import DEFAULT_INCLUDE
 from pipeline.search.fitness import CandidateModel, ImageFitness, MSEFitness, SampleMSEFitness, Sampler
@@ -77,7 +82,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     fp = xl_model(device, args.num_layers)
     model = fp.transformer
-    trainer = OmegaConf.create({"accelerator": "auto", "devices": 1, "strategy": "auto", "precision": args.precision})
+    trainer = TrainerConfig(accelerator="auto", devices=1, strategy="auto", precision=args.precision)
     base = build_plan(
         linear_in_features(model),
         method="qdit",
@@ -149,10 +154,6 @@ def main() -> None:
         genome = space.random(rng)
         value, t = timed(lambda genome=genome: mse(candidates.use(genome)))
         mse_evals.append({"seconds": t, "mse": value})
-    per_eval = float(np.median([e["seconds"] for e in evals[1:] or evals]))
-    per_mse = float(np.median([e["seconds"] for e in mse_evals]))
-    per_smse = float(np.median([e["seconds"] for e in smse_evals]))
-    paper = 50 + 10 * (25 + 25)
     result |= {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
         "torch": torch.__version__,
@@ -165,28 +166,43 @@ def main() -> None:
         "mse_reference_s": t_mse_ref,
         "fid_fp_evals": evals,
         "mse_evals": mse_evals,
-        "fid_fp_eval_median_s": per_eval,
-        "mse_eval_median_s": per_mse,
-        "image_steps_per_s": args.images * args.steps / per_eval,
-        "paper_search_evals": paper,
-        "paper_search_projected_h_fid": (t_build + t_fp + paper * per_eval) / 3600,
-        "paper_search_projected_h_mse": (t_build + t_mse_ref + paper * per_mse) / 3600,
-        "sample_mse": {
-            "images": n_img,
-            "steps": n_steps,
-            "reference_s": t_smse_ref,
-            "evals": smse_evals,
-            "eval_median_s": per_smse,
-            "paper_search_projected_h": (t_build + t_smse_ref + paper * per_smse) / 3600,
-        },
+        "sample_mse": {"images": n_img, "steps": n_steps, "reference_s": t_smse_ref, "evals": smse_evals},
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%d"),
     }
+    result = with_projections(result)
     print(json.dumps(result, indent=2))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 
 
+PAPER_EVALS = 50 + 10 * (25 + 25)  # the reference's population, generations, mutations, crossovers
+
+
+def with_projections(result: dict) -> dict:
+    """Medians of every timed evaluation per fitness, and the projected search time from them."""
+    median = lambda evals: float(np.median([e["seconds"] for e in evals]))
+    build = result["candidate_build_s"]
+    per_eval, per_mse = median(result["fid_fp_evals"]), median(result["mse_evals"])
+    result |= {
+        "fid_fp_eval_median_s": per_eval,
+        "mse_eval_median_s": per_mse,
+        "image_steps_per_s": result["images"] * result["steps"] / per_eval,
+        "paper_search_evals": PAPER_EVALS,
+        "paper_search_projected_h_fid": (build + result["fp_reference_sampling_s"] + PAPER_EVALS * per_eval) / 3600,
+        "paper_search_projected_h_mse": (build + result["mse_reference_s"] + PAPER_EVALS * per_mse) / 3600,
+    }
+    smse = result.get("sample_mse")
+    if smse and smse.get("evals"):
+        smse["eval_median_s"] = median(smse["evals"])
+        smse["paper_search_projected_h"] = (build + smse["reference_s"] + PAPER_EVALS * smse["eval_median_s"]) / 3600
+    return result
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--recompute"]:
+        for path in map(Path, sys.argv[2:]):
+            path.write_text(json.dumps(with_projections(json.loads(path.read_text())), indent=2))
+    else:
+        main()
