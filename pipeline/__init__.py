@@ -1,0 +1,1 @@
+"""Q-DiT post-training quantization of Diffusion Transformers: the importable package."""

@@ -1,0 +1,1 @@
+"""Lightning predict modules and the multi-device runner of the heavy stages."""

@@ -1,0 +1,1 @@
+"""FID, sFID, IS, KID, precision/recall and fidelity metrics from one feature pass."""

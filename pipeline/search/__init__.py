@@ -1,0 +1,1 @@
+"""The granularity search: space, evolution, fitnesses, checkpoint."""
