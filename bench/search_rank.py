@@ -31,7 +31,7 @@ from pipeline.search.evolution import Evolution, Settings
 from pipeline.search.fitness import CandidateModel, ImageFitness, MSEFitness, SampleMSEFitness, Sampler
 from pipeline.search.space import SearchSpace
 from stages.calibration import calibration_batches
-from stages.search import plan_from_params
+from stages.plan import plan_from_params
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ from pipeline.lit.runner import is_main
 from pipeline.models.loader import default_device, load_fp_model
 from pipeline.quant.apply import act_ranges, linear_in_features
 from pipeline.quant.cost import measure_shapes
-from pipeline.quant.plan import QuantPlan, build_plan
 from pipeline.search.checkpoint import Checkpoint, fingerprint
 from pipeline.search.evolution import Evolution, Settings, summary
 from pipeline.search.fitness import CandidateModel, make_fitness
@@ -30,39 +29,9 @@ from pipeline.search.space import SearchSpace
 from pipeline.tracking import log_stage
 from stages.calibration import calibration_batches
 from stages.common import CALIB, DATA, MODEL, PLOTS, SEARCH, STATS, check_inputs, main, provenance
+from stages.plan import plan_from_params
 
 UNITS = {"bitops": "GBOPs per image-forward", "size": "MB"}
-
-
-def plan_from_params(q, in_features: dict[str, int]):
-    """The plan params.yaml's `quant` section asks for: the file `quant.plan` if set, else the
-    uniform plan of `quant.method`, validated against the model's linears."""
-    try:
-        if q.plan:
-            plan = QuantPlan.read(q.plan)
-        else:
-            plan = build_plan(
-                in_features,
-                method=q.method,
-                include=list(q.include),
-                exclude=list(q.exclude),
-                weight_bits=q.weight.bits,
-                group_size=q.weight.group_size,
-                weight_symmetric=q.weight.symmetric,
-                clip_search=q.weight.clip_search,
-                gptq=q.weight.gptq,
-                act_bits=q.act.bits,
-                act_mode=q.act.mode,
-                act_group_size=q.act.group_size,
-                act_symmetric=q.act.symmetric,
-                attn_bits=q.attn_bits,
-                gptq_block_size=q.gptq.block_size,
-                gptq_damp=q.gptq.damp,
-            )
-        plan.validate(in_features)
-    except ValueError as e:  # PlanError
-        raise UserError(f"quantization plan {q.plan or 'of quant.*'}: {e}") from None
-    return plan
 
 
 def search(cfg, fp, space: SearchSpace, batches, device, budget: float) -> tuple[Evolution | None, Checkpoint]:
