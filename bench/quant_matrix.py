@@ -24,7 +24,7 @@ from pipeline.metrics.fid import frechet_distance
 from pipeline.metrics.fidelity import psnr, ssim
 from pipeline.models.loader import load_fp_model
 from pipeline.models.tiny import load_digits_images
-from pipeline.quant.apply import act_ranges, linear_in_features, quantize
+from pipeline.quant.apply import linear_in_features, quantize
 from pipeline.quant.cost import model_size
 from pipeline.quant.plan import build_plan
 from pipeline.quant.targets import DEFAULT_INCLUDE
@@ -116,8 +116,7 @@ def main() -> None:
             act_symmetric=False,
             attn_bits=16,
         )
-        ranges = act_ranges(stats, plan) if plan.needs_ranges() else None
-        quantize(model, plan, ranges=ranges, calibration=batches, progress=False)
+        quantize(model, plan, stats=stats, calibration=batches, progress=False)
         row = {"fid": [], "fid_fp": [], "psnr_fp": [], "ssim_fp": []}
         for seed in args.seeds:
             images = generate(model, fp, cfg.sample, args.num_images, seed)

@@ -25,7 +25,6 @@ from pipeline.metrics.features import build_extractor, extract
 from pipeline.metrics.fid import frechet_distance
 from pipeline.models.loader import load_fp_model
 from pipeline.models.tiny import load_digits_images
-from pipeline.quant.apply import linear_in_features
 from pipeline.quant.cost import measure_shapes
 from pipeline.search.evolution import Evolution, Settings
 from pipeline.search.fitness import CandidateModel, ImageFitness, MSEFitness, SampleMSEFitness, Sampler
@@ -64,7 +63,7 @@ def main() -> None:
     sc = cfg.search
     fp = load_fp_model("data/model")
     model = fp.transformer
-    base = plan_from_params(cfg.quant, linear_in_features(model))
+    base = plan_from_params(cfg.quant, model)
     batches = calibration_batches(fp, torch.device("cpu"), 64)
     space = SearchSpace(base, measure_shapes(model, base.layers, batches[0]), list(sc.group_sizes))
     budget = space.cost(space.base_genome).value(sc.budget_metric)

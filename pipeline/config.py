@@ -19,7 +19,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from pipeline.ablation import parse_bits
+from pipeline.ablation import parse_bits, split_method
 from pipeline.errors import UserError
 from pipeline.options import (
     FP_BITS,
@@ -37,6 +37,8 @@ from pipeline.options import (
     Scheduler,
     Strategy,
     SweepMethod,
+    SweepOption,
+    values,
 )
 
 
@@ -67,6 +69,11 @@ def _bit_setting(text: str) -> str:
     return text
 
 
+def _sweep_method(text: str) -> str:
+    split_method(text)
+    return text
+
+
 def _distinct(items: list) -> list:
     if len(set(items)) != len(items):
         raise ValueError("repeated")
@@ -85,6 +92,10 @@ ImageCount = Annotated[int, Field(ge=1, le=MAX_IMAGES)]
 Name = Annotated[str, Field(pattern=r"\S", description="a non-empty name")]
 BitSetting = Annotated[str, AfterValidator(_bit_setting)]
 BITS_TEXT = "W<w>A<a> with w from 2 to 8 and a from 2 to 8 or 16, e.g. W4A8"
+SWEEP_METHODS_TEXT = (
+    f"a non-empty list of {' | '.join(values(SweepMethod))}, each optionally followed by "
+    f"+{' / +'.join(values(SweepOption))}, e.g. qdit+gptq"
+)
 ACT_MODES = ("auto",) + tuple(m.value for m in ActMode if m is not ActMode.NONE)  # auto: the method's
 
 
@@ -149,6 +160,19 @@ class ActQuantConfig(Section):
     symmetric: bool
 
 
+class SmoothConfig(Section):
+    alpha: Annotated[
+        float | None,
+        Field(ge=0, le=1, description="null (the method's: 0.5 for smoothquant, ptq4dit, svdquant) or 0 to 1"),
+    ]
+
+
+class LowRankConfig(Section):
+    rank: Annotated[
+        int | None, Field(ge=0, description="null (the method's: 32 for svdquant, else 0) or an integer >= 0")
+    ]
+
+
 class GPTQConfig(Section):
     block_size: Count
     damp: Annotated[float, Field(gt=0, lt=1)]
@@ -162,7 +186,10 @@ class QuantConfig(Section):
     attn_bits: Bits
     include: Annotated[list[str], Field(min_length=1, description="one or more module-name patterns")]
     exclude: list[str]
+    weight_only: list[str]
     plan: str | None
+    smooth: SmoothConfig
+    lowrank: LowRankConfig
     gptq: GPTQConfig
     backend: _choice(Backend)
 
@@ -170,6 +197,8 @@ class QuantConfig(Section):
     def _gptq_needs_bits(self):
         if self.weight.gptq and self.weight.bits == FP_BITS:
             raise _refuse("quant.weight.gptq", True, "false when quant.weight.bits is 16 (nothing to round)")
+        if self.lowrank.rank and self.weight.bits == FP_BITS:
+            raise _refuse("quant.lowrank.rank", self.lowrank.rank, "0 or null when quant.weight.bits is 16")
         return self
 
 
@@ -244,7 +273,10 @@ class SweepConfig(Section):
         ),
     ]
     bits: Annotated[list[BitSetting], Field(description=BITS_TEXT)]
-    methods: Annotated[list[_choice(SweepMethod)], Field(min_length=1)]
+    methods: Annotated[
+        list[Annotated[str, AfterValidator(_sweep_method)]],
+        Field(min_length=1, description=SWEEP_METHODS_TEXT),
+    ]
     ablation_bits: Annotated[list[BitSetting], Field(description=BITS_TEXT)]
     seeds: Annotated[
         list[Annotated[int, Field(ge=0, le=1000)]],

@@ -27,6 +27,24 @@ class Method(Choice):
     NONE = "none"  # floating point
     RTN = "rtn"  # per-channel weights, static per-tensor activations: the paper's baseline
     QDIT = "qdit"  # group-wise weights, dynamic group-wise activations
+    SMOOTHQUANT = "smoothquant"  # smoothing, per-channel weights, static per-tensor activations
+    PTQ4DIT = "ptq4dit"  # salience balancing + Spearman calibration, folded; as smoothquant's quantizers
+    REPQ = "repq"  # RepQ-ViT: per-channel post-adaLN activations re-parameterised to per-tensor
+    SVDQUANT = "svdquant"  # smoothing + a 16-bit low-rank branch, group-wise W and dynamic A
+
+
+class Salience(Choice):
+    """How smoothing measures an activation channel's range (pipeline/quant/transform.py)."""
+
+    MAX = "max"  # SmoothQuant: the largest over all timesteps
+    SPEARMAN = "spearman"  # PTQ4DiT: timesteps weighted by their complementarity with the weights
+
+
+class Softmax(Choice):
+    """The quantizer of the attention probabilities, when quant.attn_bits < 16."""
+
+    UNIFORM = "uniform"  # dynamic min-max, per row
+    LOG2 = "log2"  # RepQ-ViT: 2^-k levels, exact for 1 and fine near 0
 
 
 class GranularityKind(Choice):
@@ -84,12 +102,23 @@ class Features(Choice):
 
 
 class SweepMethod(Choice):
-    """The steps of the paper's ablation (see pipeline/ablation.py)."""
+    """A sweep's methods (see pipeline/ablation.py): the steps of the paper's ablation, then
+    the peers; `+gptq`, `+smooth` and `+lowrank` (SweepOption) combine with any of them."""
 
     RTN = "rtn"
     GROUPS = "groups"
     DYNAMIC = "dynamic"
     QDIT = "qdit"
+    SMOOTHQUANT = "smoothquant"
+    PTQ4DIT = "ptq4dit"
+    REPQ = "repq"
+    SVDQUANT = "svdquant"
+
+
+class SweepOption(Choice):
+    GPTQ = "gptq"  # quant.weight.gptq = true
+    SMOOTH = "smooth"  # quant.smooth.alpha = 0.5
+    LOWRANK = "lowrank"  # quant.lowrank.rank = 32
 
 
 class Accelerator(Choice):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pipeline.ablation import LABELS, METHODS, bits_label, method_of
+from pipeline.ablation import METHODS, bits_label, method_label, method_of, split_method
 
 # (metric key, column header, decimals); the FP row reads `<key>_fp_model`
 COLUMNS = [
@@ -50,7 +50,7 @@ class Row:
 
     @property
     def label(self) -> str:
-        return "FP" if self.method == FP else LABELS.get(self.method, self.method)
+        return "FP" if self.method == FP else method_label(self.method)
 
 
 def rows(records: list[Record], bits_order: list[str] | None = None) -> list[Row]:
@@ -69,7 +69,9 @@ def rows(records: list[Record], bits_order: list[str] | None = None) -> list[Row
     out = [Row("W16A16", FP, fp)] if records else []
     order = list(dict.fromkeys(bits_order or [])) + sorted({r.bits for r in records} - set(bits_order or []))
     for bits in order:
-        for method in list(METHODS) + sorted({r.method for r in records} - set(METHODS)):
+        # the ablation's and the peers' order, each method before its options
+        order = sorted({r.method for r in records}, key=lambda m: (METHODS.index(split_method(m)[0]), m))
+        for method in order:
             group = [r for r in records if r.bits == bits and r.method == method]
             if group:
                 out.append(

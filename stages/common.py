@@ -33,7 +33,10 @@ _QUANT = [
     "quant.attn_bits",
     "quant.include",
     "quant.exclude",
+    "quant.weight_only",
     "quant.plan",
+    "quant.smooth",
+    "quant.lowrank",
     "quant.gptq",
 ]
 # each stage's parameters, as dvc.yaml lists them (tests/stages/test_provenance.py compares), and its seeds

@@ -3,13 +3,19 @@ quantization library's terms."""
 
 from __future__ import annotations
 
+import torch.nn as nn
+
 from pipeline.errors import UserError
+from pipeline.quant.errors import PlanError
 from pipeline.quant.plan import QuantPlan, build_plan
 
 
-def plan_from_params(q, in_features: dict[str, int]):
+def plan_from_params(q, model: nn.Module):
     """The plan params.yaml's `quant` section asks for: the file `quant.plan` if set, else the
     uniform plan of `quant.method`, validated against the model's linears."""
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    in_features = {n: m.in_features for n, m in linears.items()}
+    out_features = {n: m.out_features for n, m in linears.items()}
     try:
         if q.plan:
             plan = QuantPlan.read(q.plan)
@@ -31,8 +37,13 @@ def plan_from_params(q, in_features: dict[str, int]):
                 attn_bits=q.attn_bits,
                 gptq_block_size=q.gptq.block_size,
                 gptq_damp=q.gptq.damp,
+                smooth_alpha=q.smooth.alpha,
+                lowrank_rank=q.lowrank.rank,
+                weight_only=list(q.weight_only),
             )
-        plan.validate(in_features)
-    except ValueError as e:  # PlanError
-        raise UserError(f"quantization plan {q.plan or 'of quant.*'}: {e}") from None
+        plan.validate(in_features, out_features)
+    except PlanError as e:
+        key = "quant.lowrank.rank" if "low-rank" in str(e) and not q.plan else None
+        where = f"{key} = {q.lowrank.rank}: " if key else f"quantization plan {q.plan or 'of quant.*'}: "
+        raise UserError(f"{where}{e}") from None
     return plan

@@ -17,7 +17,7 @@ from pipeline.config import flat
 from pipeline.errors import UserError, require_finite
 from pipeline.io import atomic_dir, read_stats, write_json
 from pipeline.models.loader import default_device, load_fp_model
-from pipeline.quant.apply import act_ranges, linear_in_features, outputs, quantize
+from pipeline.quant.apply import linear_in_features, outputs, prepare, quantize
 from pipeline.quant.checkpoint import quant_state, write_checkpoint
 from pipeline.quant.cost import model_size
 from pipeline.quant.plan import QuantPlan
@@ -31,7 +31,7 @@ def read_plan(path, in_features: dict[str, int]) -> QuantPlan:
     if not path.is_file():
         raise UserError(f"{path} not found: run the `search` stage first (it writes the plan, searched or not)")
     try:
-        plan = QuantPlan.read(path)
+        plan = QuantPlan.read(path, written=True)
         plan.validate(in_features)
     except ValueError as e:  # PlanError
         raise UserError(f"quantization plan {path}: {e}") from None
@@ -47,11 +47,12 @@ def run(cfg, args) -> None:
     start = time.time()
     device = default_device()
     model.to(device)
-    ranges = act_ranges(read_stats(STATS), plan) if plan.needs_ranges() else None
     batches = calibration_batches(fp, device, cfg.quant.gptq.batch_size)
     reference = outputs(model, batches, check=plan.layers)
+    # input transforms first (exact in FP), so SQNR compares each weight with what it became
+    prepared = prepare(model, plan, read_stats(STATS) if plan.needs_stats() else None)
     fp_weights = {n: model.get_submodule(n).weight.detach().float().cpu().clone() for n in plan.layers}
-    quantize(model, plan, ranges=ranges, calibration=batches)
+    quantize(model, plan, calibration=batches, prepared=prepared)
     quantized = outputs(model, batches)
     require_finite(
         quantized,
@@ -62,7 +63,7 @@ def run(cfg, args) -> None:
     )
     rel_err = float((quantized - reference).norm() / reference.norm()) if plan.layers else 0.0
     sqnr = [
-        sqnr_db(fp_weights[n], model.get_submodule(n).dequantized_weight().cpu())
+        sqnr_db(fp_weights[n], model.get_submodule(n).effective_weight().cpu())
         for n, lp in plan.layers.items()
         if lp.weight_bits != FP_BITS
     ]

@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from pipeline import plots
-from pipeline.ablation import LABELS, METHODS, bits_label, parse_bits
+from pipeline.ablation import bits_label, method_label, parse_bits
 from pipeline.errors import UserError
 from pipeline.io import atomic_dir, read_json
 from pipeline.report import COLUMNS, FP, Record, markdown_table, mean_std, record_from_params, rows
@@ -117,7 +117,7 @@ def _figures(
     out: Path, records: list[Record], revs: dict[str, str], table, bits_order, first_seed: int, grid: int
 ) -> None:
     series = {key: {} for key in ("fid", "fid_fp")}
-    for row in sorted(table, key=lambda r: METHODS.index(r.method) if r.method in METHODS else len(METHODS)):
+    for row in table:  # rows() orders the methods
         if row.method == FP:
             continue
         for key in series:
@@ -157,8 +157,9 @@ def _figures(
             continue
         panels[bits] = {"FP": _images("data/samples_fp/images.npz", revs[here[0].name], n)}
         for r in here:
-            panels[bits][LABELS.get(r.method, r.method)] = _images("data/samples/images.npz", revs[r.name], n)
-    columns = ["FP"] + [LABELS[m] for m in METHODS if any(LABELS[m] in p for p in panels.values())]
+            panels[bits][method_label(r.method)] = _images("data/samples/images.npz", revs[r.name], n)
+    labels = [row.label for row in table if row.method != FP]
+    columns = ["FP"] + [label for label in dict.fromkeys(labels) if any(label in p for p in panels.values())]
     plots.sample_panels(panels, columns, grid, out / "samples.png")
 
 

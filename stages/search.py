@@ -20,7 +20,6 @@ from pipeline.errors import UserError
 from pipeline.io import atomic_dir, atomic_file, read_stats, write_json
 from pipeline.lit.runner import is_main
 from pipeline.models.loader import default_device, load_fp_model
-from pipeline.quant.apply import act_ranges, linear_in_features
 from pipeline.quant.cost import measure_shapes
 from pipeline.search.checkpoint import Checkpoint, fingerprint
 from pipeline.search.evolution import Evolution, Settings, summary
@@ -47,7 +46,7 @@ def search(cfg, fp, space: SearchSpace, batches, device, budget: float) -> tuple
         inputs["plan_file"] = open(cfg.quant.plan).read()
     checkpoint = Checkpoint(SEARCH / "checkpoint.json", fingerprint(inputs))
     state = checkpoint.resume()
-    ranges = act_ranges(read_stats(STATS), space.base) if space.base.needs_ranges() else None
+    stats = read_stats(STATS) if space.base.needs_stats() else None
     fitness = make_fitness(
         sc.fitness,
         fp,
@@ -71,7 +70,7 @@ def search(cfg, fp, space: SearchSpace, batches, device, budget: float) -> tuple
         feature_batch_size=e.batch_size,
     )
     main_process = is_main()  # known once Lightning has set up the processes
-    candidates = CandidateModel(fp.transformer, space, ranges, progress=main_process)
+    candidates = CandidateModel(fp.transformer, space, stats, progress=main_process, calibration=batches)
     evo = Evolution(space, Settings.of(sc, budget=budget, metric=sc.budget_metric), state)
     if main_process:
         sizes = sorted({g for c in space.candidates.values() for g in c})
@@ -92,7 +91,7 @@ def run(cfg, args) -> None:
     start = time.time()
     check_inputs(CALIB / "manifest.json", STATS / "index.json")
     fp = load_fp_model(MODEL)
-    base = plan_from_params(cfg.quant, linear_in_features(fp.transformer))
+    base = plan_from_params(cfg.quant, fp.transformer)
     device = default_device()
     fp.transformer.to(device)
     batches = calibration_batches(fp, device, cfg.quant.gptq.batch_size)

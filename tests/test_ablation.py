@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.ablation import METHODS, Setting, method_of, parse_bits, settings
+from pipeline.ablation import METHODS, Setting, method_label, method_of, parse_bits, settings, split_method
 
 
 def test_parse_bits():
@@ -32,3 +32,43 @@ def test_overrides_and_their_inverse():
     o = Setting("W4A8", "qdit", 0).overrides()
     assert (o["sample.seed"], o["calibrate.seed"], o["search.image_seed"], o["search.seed"]) == ("0", "1", "2", "0")
     assert Setting("W4A8", "rtn", 1).name("sweep") == "sweep-w4a8-rtn-s1"
+
+
+@pytest.mark.parametrize(
+    "method", ["smoothquant", "ptq4dit", "repq", "svdquant", "qdit+gptq", "qdit+gptq+lowrank", "dynamic+smooth"]
+)
+def test_peers_and_options_round_trip(method):
+    s = Setting("W4A4", method, 1)
+    o = s.overrides()
+    params = {k: (v == "true" if v in ("true", "false") else v) for k, v in o.items()}
+    assert method_of(params) == method
+    assert "+" not in s.name("sweep") and s.name("sweep") == f"sweep-w4a4-{method.replace('+', '_')}-s1"
+    if method.startswith("qdit+gptq"):
+        assert o["quant.weight.gptq"] == "true" and o["search.enabled"] == "true"
+    if method in ("smoothquant", "ptq4dit", "repq", "svdquant"):
+        assert (o["quant.method"], o["search.enabled"]) == (method, "false")
+    # dvc exp show writes an unset smoothing alpha as the string 'None'
+    assert method_of(params | {"quant.smooth.alpha": "None", "quant.lowrank.rank": "None"}) == method.replace(
+        "+smooth", ""
+    ).replace("+lowrank", "")
+
+
+def test_method_names_are_checked():
+    assert split_method("qdit+lowrank+gptq") == ("qdit", ("gptq", "lowrank"))
+    with pytest.raises(ValueError, match="method 'gptq'; allowed: rtn, groups"):
+        split_method("gptq")
+    with pytest.raises(ValueError, match="option 'lora' of 'qdit\\+lora'; allowed after"):
+        split_method("qdit+lora")
+    assert method_label("svdquant+gptq") == "SVDQuant + GPTQ"
+
+
+def test_peers_run_only_at_their_bits_and_the_ablation_stays_whole():
+    todo = settings(["W4A8"], ["smoothquant", "qdit+gptq"], ["W4A4"], [0])
+    assert {(s.bits, s.method) for s in todo} == {
+        ("W4A8", "smoothquant"),
+        ("W4A8", "qdit+gptq"),
+        ("W4A4", "rtn"),
+        ("W4A4", "groups"),
+        ("W4A4", "dynamic"),
+        ("W4A4", "qdit"),
+    }

@@ -122,8 +122,12 @@ def test_a_section_of_the_wrong_kind_names_what_it_holds(tmp_path):
     [
         (
             {"sweep": {"methods": ["rtn", "smooth"]}},
-            "sweep.methods = 'smooth' is not allowed; allowed: a list of values from: rtn, groups, dynamic, qdit",
+            "sweep.methods = 'smooth' is not allowed; allowed: a non-empty list of rtn | groups | dynamic | qdit | "
+            "smoothquant | ptq4dit | repq | svdquant, each optionally followed by +gptq / +smooth / +lowrank",
         ),
+        ({"sweep": {"methods": ["qdit+lora"]}}, "sweep.methods = 'qdit+lora' is not allowed"),
+        ({"quant": {"smooth": {"alpha": 1.5}}}, "quant.smooth.alpha = 1.5 is not allowed; allowed: null (the method"),
+        ({"quant": {"lowrank": {"rank": -1}}}, "quant.lowrank.rank = -1 is not allowed; allowed: null"),
         ({"search": {"group_sizes": [16, 0]}}, "search.group_sizes = 0 is not allowed; allowed: a non-empty list of"),
     ],
 )

@@ -5,7 +5,10 @@ tensors, and the modules rebuilt from them.
     write_checkpoint(directory, plan, state)        read_checkpoint(directory) -> (plan, state)
 
 A checkpoint directory holds plan.yaml (human-readable) and quantized.safetensors (codes,
-float16 scales, integer zero points, biases, static activation ranges).
+float16 scales, integer zero points, biases, static activation ranges, low-rank branches in
+float16, input transforms). A transform folded into FP layers (the adaLN modulation, the value
+projection) is stored as its vectors and folded again on load, so the FP layers stay out of
+the file.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pipeline.quant.linear import QuantLinear
 from pipeline.quant.packing import PACKED_BITS, pack_int4, unpack_int4
 from pipeline.quant.plan import QuantPlan
 from pipeline.quant.quantizer import FP_BITS
+from pipeline.quant.transform import InputTransform, find_sites, fold
 
 
 def quant_state(model: nn.Module, plan: QuantPlan) -> dict[str, torch.Tensor]:
@@ -45,6 +49,19 @@ def quant_state(model: nn.Module, plan: QuantPlan) -> dict[str, torch.Tensor]:
             out[f"{name}.act.scale"] = m.act.scale.half()
             out[f"{name}.act.zero"] = m.act.zero.to(torch.uint8)
             out[f"{name}.act.timesteps"] = m.act.timesteps
+        for key in ("in_scale", "in_shift"):
+            if getattr(m, key) is not None:
+                out[f"{name}.{key}"] = getattr(m, key)
+        if m.lowrank_rank:
+            out[f"{name}.lowrank_down"] = m.lowrank_down.half()
+            out[f"{name}.lowrank_up"] = m.lowrank_up.half()
+    transforms = getattr(model, "input_transforms", {})
+    for site in find_sites(model, list(plan.layers)) if transforms else []:
+        t = transforms.get(site.consumers[0])
+        if site.folded and t is not None:
+            out[f"{site.consumers[0]}.fold_scale"] = t.scale
+            if t.shift is not None:
+                out[f"{site.consumers[0]}.fold_shift"] = t.shift
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
@@ -66,6 +83,16 @@ def load_quantized(
             )
         return t
 
+    transforms = {}
+    for site in find_sites(model, list(plan.layers)):
+        key = site.consumers[0]
+        if site.folded and f"{key}.fold_scale" in state:
+            shift = state.get(f"{key}.fold_shift")
+            t = InputTransform(get(f"{key}.fold_scale").float(), None if shift is None else shift.float())
+            fold(model, site, t)
+            transforms |= dict.fromkeys(site.consumers, t)
+    model.input_transforms = transforms
+
     for name, lp in plan.layers.items():
         linear = model.get_submodule(name)
         static = (
@@ -83,6 +110,8 @@ def load_quantized(
             act,
             dtype=linear.weight.dtype,
             weight_symmetric=lp.weight_symmetric,
+            lowrank_rank=lp.lowrank_rank,
+            transform=(f"{name}.in_scale" in state, f"{name}.in_shift" in state),
         ).to(linear.weight.device)
         with torch.no_grad():
             if lp.weight_bits == FP_BITS:
@@ -97,6 +126,12 @@ def load_quantized(
                 q.w_zero.copy_(get(f"{name}.w_zero", q.w_zero.shape).float())
             if linear.bias is not None:
                 q.bias.copy_(get(f"{name}.bias", linear.bias.shape))
+            for key in ("in_scale", "in_shift"):
+                if getattr(q, key) is not None:
+                    getattr(q, key).copy_(get(f"{name}.{key}", (linear.in_features,)))
+            if lp.lowrank_rank:
+                q.lowrank_down.copy_(get(f"{name}.lowrank_down", q.lowrank_down.shape))
+                q.lowrank_up.copy_(get(f"{name}.lowrank_up", q.lowrank_up.shape))
         set_module(model, name, q)
     set_attention(model, plan)
     return model
@@ -123,7 +158,7 @@ def read_checkpoint(directory: str | Path) -> tuple[QuantPlan, dict[str, torch.T
     for p in (directory / PLAN_FILE, directory / STATE_FILE):
         if not p.is_file():
             raise StateError(f"{p}: not found (a quantized checkpoint is {PLAN_FILE} + {STATE_FILE})")
-    plan = QuantPlan.read(directory / PLAN_FILE)
+    plan = QuantPlan.read(directory / PLAN_FILE, written=True)
     try:
         state = load_file(str(directory / STATE_FILE))
     except Exception as e:

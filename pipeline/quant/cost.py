@@ -12,6 +12,9 @@ segments = in/g_w + in/g_a - in/lcm(g_w, g_a) counts the runs cut by both groupi
 when a side has one scale per row or per token; no rescale when neither side is quantized).
 Zero-point corrections are folded into the rescale and not counted apart. Smaller groups fit
 the data better and cost more rescales: the trade the granularity search makes.
+A low-rank branch of rank r adds 16 x r x (in + out) bits and r x (in + out) 16-bit
+multiply-accumulates per token; an input transform no layer absorbs (transform.py) adds one
+float16 scale per input channel and one 16-bit multiply per input element.
 
 Also here: `model_size` of a quantized model as papers report it, and `measure_shapes`, the
 tokens each linear sees per image (from one forward).
@@ -30,6 +33,7 @@ from pipeline.options import BudgetMetric
 from pipeline.quant.linear import QuantLinear
 from pipeline.quant.plan import LayerPlan, QuantPlan
 from pipeline.quant.quantizer import FP_BITS
+from pipeline.quant.transform import find_sites
 
 SCALE_BITS = 16  # scales are stored as float16, rescales run in 16-bit floats
 
@@ -40,6 +44,7 @@ class LayerShape:
     out_features: int
     tokens: int = 1  # input rows per image per denoiser forward
     bias: bool = True
+    folds: bool = True  # a transform of its input folds into the model (else: explicit, at run time)
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,13 @@ def _span(kind: str, group_size: int | None, in_features: int) -> int:
     return group_size if kind == "group" and group_size else in_features
 
 
-def layer_cost(lp: LayerPlan, shape: LayerShape) -> Cost:
+def explicit_transform(plan: QuantPlan, shape: LayerShape) -> bool:
+    """Whether the plan transforms this layer's input at run time (smoothing where no layer absorbs it)."""
+    return plan.smooth_alpha is not None and plan.smooth_explicit and not shape.folds
+
+
+def layer_cost(lp: LayerPlan, shape: LayerShape, explicit: bool = False) -> Cost:
+    """The layer's cost; `explicit`: it divides its input at run time (explicit_transform)."""
     c, o = shape.in_features, shape.out_features
     quant_w = lp.weight_bits != FP_BITS
     gw = _span(lp.granularity, lp.group_size, c)
@@ -95,14 +106,21 @@ def layer_cost(lp: LayerPlan, shape: LayerShape) -> Cost:
     else:
         segments = 0
     per_output = c * lp.weight_bits * a_bits + segments * SCALE_BITS * SCALE_BITS
-    return Cost(bits, shape.tokens * o * per_output)
+    per_token = o * per_output
+    if lp.lowrank_rank:
+        bits += FP_BITS * lp.lowrank_rank * (c + o)
+        per_token += lp.lowrank_rank * (c + o) * FP_BITS * FP_BITS
+    if explicit:
+        bits += SCALE_BITS * c
+        per_token += c * SCALE_BITS * SCALE_BITS
+    return Cost(bits, shape.tokens * per_token)
 
 
 def plan_cost(plan: QuantPlan, shapes: dict[str, LayerShape]) -> Cost:
     """The cost of the plan's layers (the rest of the model is the same for every plan)."""
     total = Cost(0, 0)
     for name, lp in plan.layers.items():
-        total = total + layer_cost(lp, shapes[name])
+        total = total + layer_cost(lp, shapes[name], explicit_transform(plan, shapes[name]))
     return total
 
 
@@ -121,6 +139,8 @@ def model_size(model: nn.Module) -> dict[str, float]:
             q_bits += weight_storage_bits(m.in_features, m.out_features, m.weight_bits, pairs, m.weight_symmetric, bias)
             if m.act.is_static:
                 q_bits += m.act.scale.numel() * (16 + m.act.spec.bits)
+            q_bits += FP_BITS * m.lowrank_rank * (m.in_features + m.out_features)
+            q_bits += sum(16 * t.numel() for t in (m.in_scale, m.in_shift) if t is not None)
     for name, p in model.named_parameters():
         if not any(name.startswith(q + ".") for q in inside):
             fp16_bits += 16 * p.numel()
@@ -132,6 +152,7 @@ def model_size(model: nn.Module) -> dict[str, float]:
 def measure_shapes(model: nn.Module, names: Iterable[str], kwargs: dict) -> dict[str, LayerShape]:
     """Each named linear's shape and input rows per image, from one forward of `kwargs`
     (DiT: the patch tokens; rows / batch size, so classifier-free guidance does not count)."""
+    names = list(names)
     rows: dict[str, int] = {}
     images = kwargs["hidden_states"].shape[0]
     hooks = [
@@ -145,8 +166,9 @@ def measure_shapes(model: nn.Module, names: Iterable[str], kwargs: dict) -> dict
     finally:
         for h in hooks:
             h.remove()
+    folds = {n for site in find_sites(model, list(names)) if site.folded for n in site.consumers}
     out = {}
     for n in names:
         m = model.get_submodule(n)
-        out[n] = LayerShape(m.in_features, m.out_features, rows.get(n, 0) // images, m.bias is not None)
+        out[n] = LayerShape(m.in_features, m.out_features, rows.get(n, 0) // images, m.bias is not None, n in folds)
     return out

@@ -28,13 +28,14 @@ class BackendError(QuantError):
 
 
 class MissingRanges(QuantError):
-    """A layer with static activation quantization, and no calibrated range for it."""
+    """A layer with static activation quantization or an input transform (smoothing, RepQ),
+    and no activation statistics for it."""
 
     def __init__(self, layer: str):
         self.layer = layer
         super().__init__(
-            f"layer {layer!r} quantizes its input with calibrated (static) ranges, and the "
-            "activation statistics have no entry for it"
+            f"layer {layer!r} needs activation statistics (for calibrated static ranges or for "
+            "smoothing its input), and there is no entry for it"
         )
 
 

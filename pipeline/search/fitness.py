@@ -14,8 +14,6 @@ every candidate gets the same seeds and labels, so fitness differences are not s
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -27,27 +25,59 @@ from pipeline.metrics.features import extract
 from pipeline.metrics.fid import frechet_distance
 from pipeline.models.loader import FPModel
 from pipeline.options import Fitness
-from pipeline.quant.apply import Ranges, outputs, quant_linear, quantize, set_module, timestep_context
+from pipeline.quant.apply import (
+    gptq_codes,
+    input_hessians,
+    outputs,
+    prepare,
+    quant_linear,
+    set_attention,
+    set_module,
+    timestep_context,
+)
+from pipeline.quant.errors import PlanError
+from pipeline.quant.quantizer import FP_BITS
 from pipeline.search.space import Genome, SearchSpace
 
 
 class CandidateModel:
     """The transformer with the fixed layers quantized once and every gene's QuantLinear built
-    once per candidate group size (round-to-nearest with the plan's clipping search: a layer's
-    codes do not depend on the other layers), so a candidate is applied by swapping modules."""
+    once per candidate group size, so a candidate is applied by swapping modules. Variants are
+    rounded to nearest (with the plan's clipping search: a layer's codes do not depend on the
+    other layers), or, when the plan asks for GPTQ, by GPTQ from the Hessians of the FP model's
+    inputs on `calibration` (one pass, shared by every variant; `quantize` then redoes GPTQ
+    block by block for the chosen plan). Input transforms (smoothing, RepQ) and low-rank
+    branches are in every variant."""
 
-    def __init__(self, model: nn.Module, space: SearchSpace, ranges: Ranges | None = None, progress: bool = True):
+    def __init__(self, model: nn.Module, space: SearchSpace, stats=None, progress: bool = True, calibration=None):
+        """stats: activation statistics, for static ranges and input transforms (see quantize);
+        calibration: model keyword arguments, for GPTQ."""
         self.model = model
         self.space = space
+        base = space.base
+        prepared = prepare(model, base, stats)  # every layer's input transform, once
+        ranges = prepared.ranges
+        hessians: dict = {}
+        if base.gptq:
+            if not calibration:
+                raise PlanError("the plan asks for GPTQ, which needs calibration inputs (model keyword arguments)")
+            weighted = [n for n, lp in base.layers.items() if lp.weight_bits != FP_BITS]
+            hessians = input_hessians(model, weighted, calibration, progress)
+        ctx = timestep_context(model, base)
+
+        def build(name: str, lp) -> nn.Module:
+            codes = gptq_codes(model.get_submodule(name), lp, base, hessians[name]) if name in hessians else None
+            return quant_linear(model, name, lp, base, ranges, ctx, codes)
+
         genes = set(space.genes)
-        fixed = replace(space.base, layers={n: lp for n, lp in space.base.layers.items() if n not in genes})
-        quantize(model, replace(fixed, gptq=False), ranges=ranges)  # also the attention processors, if any
-        ctx = timestep_context(model, space.base)
         self.variants: dict[tuple[str, int], nn.Module] = {}
         todo = [(n, g) for n in space.genes for g in space.candidates[n]]
         for name, g in tqdm(todo, desc="quantize candidates", disable=not progress, mininterval=2.0):
-            lp = space.layer_plan(name, g)
-            self.variants[(name, g)] = quant_linear(model, name, lp, space.base, ranges, ctx)
+            self.variants[(name, g)] = build(name, space.layer_plan(name, g))
+        for name, lp in base.layers.items():
+            if name not in genes:
+                set_module(model, name, build(name, lp))
+        set_attention(model, base)
         self.current: Genome | None = None
 
     def use(self, genome: Genome) -> nn.Module:

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from pipeline.quant.cost import Cost, LayerShape, layer_cost
+from pipeline.quant.cost import Cost, LayerShape, explicit_transform, layer_cost
 from pipeline.quant.plan import QuantPlan
 from pipeline.quant.quantizer import FP_BITS
 
@@ -46,13 +46,16 @@ class SearchSpace:
             self.candidates[name] = allowed
         # per gene: candidate -> cost, and candidates ordered from dearest to cheapest
         self._costs = [
-            {g: layer_cost(self.layer_plan(name, g), shapes[name]) for g in self.candidates[name]}
+            {
+                g: layer_cost(self.layer_plan(name, g), shapes[name], explicit_transform(base, shapes[name]))
+                for g in self.candidates[name]
+            }
             for name in self.genes
         ]
         self._fixed = Cost(0, 0)
         for name, lp in base.layers.items():
             if name not in self.candidates:
-                self._fixed = self._fixed + layer_cost(lp, shapes[name])
+                self._fixed = self._fixed + layer_cost(lp, shapes[name], explicit_transform(base, shapes[name]))
 
     def __len__(self) -> int:
         return len(self.genes)

@@ -86,7 +86,7 @@ def test_save_load_round_trip_gives_identical_outputs():
     model = _model()
     stats = _fake_stats(model)
     plan = _plan(model, weight_bits=4, act_bits=8, act_mode="static_timestep")
-    quantize(model, plan, ranges=act_ranges(stats, plan))
+    quantize(model, plan, stats=stats)
     state = quant_state(model, plan)
     q = model.get_submodule("transformer_blocks.0.attn1.to_q")
     packed = state["transformer_blocks.0.attn1.to_q.qweight_int4"]  # 4 bits: two codes per byte

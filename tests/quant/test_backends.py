@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.quant.activation import ActQuantizer, ActSpec
-from pipeline.quant.apply import act_ranges, outputs, quantize
+from pipeline.quant.apply import outputs, quantize
 from pipeline.quant.backends import use_backend
 from pipeline.quant.errors import BackendError
 from pipeline.quant.granularity import Granularity
@@ -32,8 +32,8 @@ def test_int8_matches_fake_quant(name):
     batches = _batches()
     fp = outputs(_model(), batches)
     plan = _plan(_model(), **SETTINGS[name])
-    ranges = act_ranges(_fake_stats(_model()), plan)
-    fake = quantize(_model(), plan, ranges=ranges)
+    stats = _fake_stats(_model())
+    fake = quantize(_model(), plan, stats=stats)
     inputs = {}
 
     def keep(module, args, name):
@@ -48,7 +48,7 @@ def test_int8_matches_fake_quant(name):
     for h in hooks:
         h.remove()
     keys = set(fake.state_dict())
-    integer = use_backend(quantize(_model(), plan, ranges=ranges), "int8")  # the same codes: RTN is deterministic
+    integer = use_backend(quantize(_model(), plan, stats=stats), "int8")  # the same codes: RTN is deterministic
     assert sum(m.gemm is not None for m in integer.modules() if isinstance(m, QuantLinear)) == 12
     assert set(integer.state_dict()) == keys  # nothing new is saved: rebuilt from the codes
     # layer by layer on the same input (the first batch's): equal up to float rounding
@@ -94,7 +94,7 @@ def test_unsupported_layers_are_refused_by_name():
 def _quantized(backend=None, **plan_kw):
     model = _model()
     plan = _plan(model, **plan_kw)
-    q = quantize(model, plan, ranges=act_ranges(_fake_stats(_model()), plan))
+    q = quantize(model, plan, stats=_fake_stats(_model()))
     return use_backend(q, backend) if backend else q
 
 

@@ -1,5 +1,6 @@
 import pytest
 
+from pipeline.quant.errors import PlanError
 from pipeline.quant.plan import LayerPlan, QuantPlan, build_plan, describe
 from pipeline.quant.targets import DEFAULT_INCLUDE
 
@@ -101,3 +102,18 @@ def test_unknown_plan_keys(tmp_path):
         QuantPlan.from_dict({"method": "qdit", "bits": 4})
     with pytest.raises(ValueError, match="layer a: unknown keys"):
         QuantPlan.from_dict({"layers": {"a": {"wbits": 4}}})
+
+
+def test_a_written_plan_cut_at_a_layer_boundary_is_refused(tmp_path):
+    plan = _build()
+    text = plan.to_yaml()
+    assert text.rstrip().endswith(f"layer_count: {len(plan.layers)}")
+    lines = text.splitlines(keepends=True)
+    cut = max(i for i, line in enumerate(lines) if line.startswith("  ") and not line.startswith("    "))
+    (tmp_path / "plan.yaml").write_text("".join(lines[:cut]))  # whole layers only, the last ones lost
+    with pytest.raises(PlanError, match="lacks its last key, layer_count: it is cut short"):
+        QuantPlan.read(tmp_path / "plan.yaml", written=True)
+    assert len(QuantPlan.read(tmp_path / "plan.yaml").layers) == len(plan.layers) - 1  # a user's file may omit it
+    (tmp_path / "plan.yaml").write_text("".join(lines[:cut]) + f"layer_count: {len(plan.layers)}\n")
+    with pytest.raises(PlanError, match="layers where its layer_count says"):
+        QuantPlan.read(tmp_path / "plan.yaml")
