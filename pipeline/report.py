@@ -12,6 +12,7 @@ from pipeline.ablation import METHODS, bits_label, method_label, method_of, spli
 # (metric key, column header, decimals); the FP row reads `<key>_fp_model`
 COLUMNS = [
     ("size_mb", "Size (MB)", 2),
+    ("gbitops", "GBOPs", 3),
     ("fid", "FID ↓", 2),
     ("sfid", "sFID ↓", 2),
     ("is", "IS ↑", 2),
@@ -102,6 +103,38 @@ def cell(values: list[float], decimals: int) -> str:
     if math.isinf(mean):
         return "-"
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}" if len(values) > 1 else f"{mean:.{decimals}f}"
+
+
+OURS = ("groups", "dynamic", "qdit")  # Q-DiT's configurations; every other method is a peer
+
+
+def paired_lead(records: list[Record], keys=(("fid_fp", "FID to FP", 3), ("psnr_fp", "PSNR to FP (dB)", 2))) -> str:
+    """Per bit setting: our best configuration (lowest mean FID to FP) minus the best peer,
+    paired by seed (mean ± sample std of the per-seed differences), as Markdown lines."""
+    lines = []
+    for bits in dict.fromkeys(r.bits for r in records):
+        here = [r for r in records if r.bits == bits and r.metrics.get("fid_fp") is not None]
+        by = {}
+        for r in here:
+            by.setdefault(r.method, {})[r.seed] = r.metrics
+        ours = [m for m in by if split_method(m)[0] in OURS]
+        peers = [m for m in by if m not in ours]
+        if not ours or not peers:
+            continue
+
+        mean_fid = {m: mean_std([float(v["fid_fp"]) for v in by[m].values()])[0] for m in by}
+        a, b = min(ours, key=mean_fid.get), min(peers, key=mean_fid.get)
+        seeds = sorted(set(by[a]) & set(by[b]))
+        parts = []
+        for key, name, d in keys:
+            diffs = [float(by[a][s][key]) - float(by[b][s][key]) for s in seeds if by[a][s].get(key) is not None]
+            if diffs:
+                mean, std = mean_std(diffs)
+                parts.append(f"{name} {mean:+.{d}f} ± {std:.{d}f}")
+        lines.append(
+            f"- {bits}: {method_label(a)} minus {method_label(b)}, {len(seeds)} paired seeds: " + ", ".join(parts)
+        )
+    return "\n".join(lines)
 
 
 def markdown_table(table: list[Row]) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import Params
+from pipeline.ablation import method_of
+from pipeline.config import Params, flat
 from pipeline.errors import UserError
 from pipeline.provenance import code_sha256
 
@@ -162,6 +163,7 @@ def _log(
         "qdit.params_hash": params_hash(cfg),
         "qdit.git_commit": _git_commit(),
         "qdit.code_sha256": code_sha256(),  # of all the source; artifacts hash their stage's own
+        "qdit.method": method_of(flat(cfg, ["quant", "search"])),  # as sweeps name it: qdit+gptq, svdquant, ...
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["qdit.dvc_exp"] = os.environ["DVC_EXP_NAME"]

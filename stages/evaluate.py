@@ -62,6 +62,7 @@ def run(cfg, args) -> None:
         "num_images": int(len(samples["images"])),
         "size_mb": quant["size_mb"],
         "fp16_size_mb": quant["fp16_size_mb"],
+        "gbitops": quant["gbitops"],
     }
     missing = [k for k, v in metrics.items() if v is None]
     if missing:

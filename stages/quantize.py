@@ -19,7 +19,7 @@ from pipeline.io import atomic_dir, read_stats, write_json
 from pipeline.models.loader import default_device, load_fp_model
 from pipeline.quant.apply import linear_in_features, outputs, prepare, quantize
 from pipeline.quant.checkpoint import quant_state, write_checkpoint
-from pipeline.quant.cost import model_size
+from pipeline.quant.cost import measure_shapes, model_size, plan_cost
 from pipeline.quant.plan import QuantPlan
 from pipeline.quant.quantizer import FP_BITS, sqnr_db
 from pipeline.tracking import log_stage
@@ -68,6 +68,7 @@ def run(cfg, args) -> None:
         if lp.weight_bits != FP_BITS
     ]
     size = model_size(model)
+    gbitops = plan_cost(plan, measure_shapes(model, plan.layers, batches[0])).gbitops if plan.layers else 0.0
     seconds = time.time() - start
     summary = {
         "method": plan.method,
@@ -77,6 +78,7 @@ def run(cfg, args) -> None:
         "size_mb": size["size_mb"],
         "fp16_size_mb": size["fp16_size_mb"],
         "compression": size["fp16_size_mb"] / size["size_mb"],
+        "gbitops": gbitops,  # of the quantized linears per image per denoiser forward (cost.py)
         "calib_rel_err": rel_err,
         "weight_sqnr_db_mean": float(np.mean(sqnr)) if sqnr else None,
         "weight_sqnr_db_min": float(np.min(sqnr)) if sqnr else None,

@@ -26,7 +26,7 @@ from pipeline import plots
 from pipeline.ablation import bits_label, method_label, parse_bits
 from pipeline.errors import UserError
 from pipeline.io import atomic_dir, read_json
-from pipeline.report import COLUMNS, FP, Record, markdown_table, mean_std, record_from_params, rows
+from pipeline.report import COLUMNS, FP, Record, markdown_table, mean_std, paired_lead, record_from_params, rows
 from stages.common import main
 from stages.sweep import SWEEPS
 
@@ -204,10 +204,11 @@ def _markdown(name: str, records: list[Record], table) -> str:
             f"Sweep wall time: {m['seconds'] / 60:.1f} min with {m['jobs']} parallel experiment(s), "
             f"finished {m['finished']}."
         )
+    lines += ["", markdown_table(table), ""]
+    lead = paired_lead(records)
+    if lead:
+        lines += ["Our best configuration against the best peer (lowest FID to FP), per seed:", "", lead, ""]
     lines += [
-        "",
-        markdown_table(table),
-        "",
         "![FID against bits](fid_vs_bits.png)",
         "",
         "![Group sizes](group_sizes.png)",

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.report import Record, cell, markdown_table, mean_std, rows
+from pipeline.report import Record, cell, markdown_table, mean_std, paired_lead, rows
 
 
 def _rec(bits, method, seed, fid, fp_fid):
@@ -39,9 +39,9 @@ def test_rows_average_over_seeds_with_fp_once_per_seed():
     assert fp.values.get("psnr_fp", []) == []  # FP against itself: no fidelity column
     assert table[2].values["fid"] == [8.0, 10.0, 12.0] and table[2].values["sfid"] == []
     md = markdown_table(table)
-    assert "| W4A8 | RTN | 1.00 ± 0.00 | 10.00 ± 2.00 | - |" in md
-    assert "| W8A8 | RTN | 1.00 | 4.50 | - |" in md  # one seed: no spread
-    assert md.splitlines()[2].startswith("| W16A16 | FP | 3.00 ± 0.00 | 5.00 ± 1.00 |")
+    assert "| W4A8 | RTN | 1.00 ± 0.00 | - | 10.00 ± 2.00 | - |" in md  # no GBOPs recorded
+    assert "| W8A8 | RTN | 1.00 | - | 4.50 | - |" in md  # one seed: no spread
+    assert md.splitlines()[2].startswith("| W16A16 | FP | 3.00 ± 0.00 | - | 5.00 ± 1.00 |")
 
 
 def test_mean_and_sample_std():
@@ -70,3 +70,23 @@ def test_record_from_an_exp_show_row():
     r = record_from_params("s-w4a8-qdit-s2", row, row)
     assert (r.bits, r.method, r.seed) == ("W4A8", "qdit", 2)
     assert r.metrics["fid"] == 7.5 and r.metrics["precision"] == 0.7 and "kid" not in r.metrics
+
+
+def test_paired_lead_subtracts_the_best_peer_seed_by_seed():
+    def rec(method, seed, fid_fp, psnr):
+        return Record(f"x-{method}-s{seed}", "W4A4", method, seed, {"fid_fp": fid_fp, "psnr_fp": psnr})
+
+    recs = (
+        [rec("qdit", s, 0.5 + s, 35.0 + s) for s in range(3)]
+        + [rec("qdit+gptq", s, 0.2 + s, 37.0 + 2 * s) for s in range(3)]
+        + [rec("svdquant", s, 0.3 + s, 36.0) for s in range(3)]
+        + [rec("smoothquant", s, 9.0, 20.0) for s in range(3)]
+        + [rec("rtn", 0, 80.0, 18.0)]
+    )
+    lead = paired_lead(recs)
+    # best ours: qdit+gptq (0.2 + s); best peer: svdquant (0.3 + s); differences -0.1 each seed
+    assert lead == (
+        "- W4A4: Q-DiT (+ search) + GPTQ minus SVDQuant, 3 paired seeds: "
+        "FID to FP -0.100 ± 0.000, PSNR to FP (dB) +3.00 ± 2.00"
+    )
+    assert paired_lead([r for r in recs if r.method.startswith("qdit")]) == ""  # no peer: nothing to say

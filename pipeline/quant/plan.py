@@ -260,7 +260,7 @@ def build_plan(
     r = RECIPES[method]
     plan.attn_softmax = r.softmax
     plan.smooth_alpha = r.smooth_alpha if smooth_alpha is None else smooth_alpha
-    plan.smooth_salience, plan.smooth_explicit, plan.reparam = r.salience, r.smooth_explicit, r.reparam
+    plan.smooth_salience, plan.smooth_explicit = r.salience, r.smooth_explicit
     plan.reparam = r.reparam and act_bits != FP_BITS  # it re-parameterises activation ranges
     rank = r.lowrank_rank if lowrank_rank is None else lowrank_rank
     mode = r.act_mode if act_mode == "auto" else act_mode

@@ -122,7 +122,9 @@ def test_evaluate_metrics(built_pipeline):
         assert 0.0 <= m["precision" + suffix] <= 1.0 and 0.0 <= m["recall" + suffix] <= 1.0
         assert isinstance(m["kid" + suffix], float) and math.isfinite(m["kid" + suffix])  # not None, not NaN
     q = json.loads((built_pipeline / "data/quant/quant.json").read_text())
-    assert m["size_mb"] == q["size_mb"]
+    assert m["size_mb"] == q["size_mb"] and m["gbitops"] == q["gbitops"]
+    search = json.loads((built_pipeline / "data/search/search.json").read_text())
+    assert q["gbitops"] == pytest.approx(search["plan"]["gbitops"], rel=1e-9)  # cost.py's count, twice
 
 
 def test_every_stage_logged_to_mlflow_under_one_group(built_pipeline):

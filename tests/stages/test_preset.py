@@ -11,7 +11,7 @@ def in_repo(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
-@pytest.mark.parametrize("name, steps", [("paper-256", 100), ("paper-512", 50)])
+@pytest.mark.parametrize("name, steps", [("paper-256", 100), ("paper-512", 50), ("paper-256-reference", 100)])
 def test_paper_presets_validate_and_become_overrides(in_repo, capsys, name, steps):
     run_stage("preset", name, "--dry-run", "-S", "model.source=/models/DiT-XL-2")
     cmd = capsys.readouterr().out.strip()
@@ -30,6 +30,10 @@ def test_paper_presets_validate_and_become_overrides(in_repo, capsys, name, step
     ):
         assert f" -S {item}" in cmd, item
     assert cmd.endswith("-S model.source=/models/DiT-XL-2")  # yours come last, so they win
+    if name == "paper-256-reference":  # the reference code's recipe (docs/methods.md)
+        for item in ("quant.weight.gptq=true", "quant.weight.clip_search=false"):
+            assert f" -S {item}" in cmd, item
+        assert " -S 'quant.weight_only=[transformer_blocks.*.norm1.linear]'" in cmd
 
 
 def test_unknown_preset_and_bad_override_are_refused(in_repo, capsys):
@@ -37,7 +41,7 @@ def test_unknown_preset_and_bad_override_are_refused(in_repo, capsys):
         run_stage("preset", "paper-1024", "--dry-run")
     assert e.value.code == 2
     assert (
-        "preset 'paper-1024': no file presets/paper-1024.yaml; available: paper-256, paper-512"
+        "preset 'paper-1024': no file presets/paper-1024.yaml; available: paper-256, paper-256-reference, paper-512"
         in capsys.readouterr().err
     )
     with pytest.raises(SystemExit) as e:

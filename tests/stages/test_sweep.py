@@ -13,7 +13,7 @@ SWEEP = {
     "sweep": {
         "name": "t",
         "bits": ["W4A8"],
-        "methods": ["rtn", "qdit"],
+        "methods": ["rtn", "qdit", "svdquant+gptq"],
         "ablation_bits": [],
         "seeds": [0, 1],
         "jobs": 2,
@@ -31,7 +31,7 @@ def swept(tmp_path_factory):
 def test_sweep_runs_every_setting_as_a_dvc_experiment(swept):
     proj, env, out = swept
     summary = json.loads((proj / "sweeps/t/sweep.json").read_text())
-    names = ["t-w4a8-rtn-s0", "t-w4a8-qdit-s0", "t-w4a8-rtn-s1", "t-w4a8-qdit-s1"]
+    names = [f"t-w4a8-{m}-s{s}" for s in (0, 1) for m in ("rtn", "qdit", "svdquant_gptq")]
     assert sorted(summary["experiments"]) == sorted(names) and summary["failed"] == [] and summary["seconds"] > 0
     rows = {
         r["Experiment"]: r
@@ -42,7 +42,8 @@ def test_sweep_runs_every_setting_as_a_dvc_experiment(swept):
     for name in names:
         r = rows[name]
         assert r["State"] == "Success"
-        assert r["quant.method"] == ("rtn" if "rtn" in name else "qdit")
+        assert r["quant.method"] == name.split("-")[2].split("_")[0]
+        assert r["quant.weight.gptq"] == ("svdquant" in name)
         assert r["sample.seed"] == (0 if name.endswith("s0") else 3)
         for key in ("fid", "sfid", "is", "kid", "precision", "recall", "fid_fp_model", "size_mb"):
             assert r[key] is not None and r[key] == r[key], (name, key)
@@ -62,12 +63,17 @@ def test_sweep_stages_log_to_the_project_mlflow_db(swept):
     logged = {r.data.tags["qdit.dvc_exp"] for r in runs}
     # t-w4a8-qdit-s0 repeats the baseline's settings (the sweep's `dvc repro`): DVC restores its
     # stages from the run cache, so they run - and log - only if its plan came out different
+    peers = {"t-w4a8-svdquant_gptq-s0", "t-w4a8-svdquant_gptq-s1"}
     assert (
-        {"t-w4a8-rtn-s0", "t-w4a8-rtn-s1", "t-w4a8-qdit-s1"}
+        {"t-w4a8-rtn-s0", "t-w4a8-rtn-s1", "t-w4a8-qdit-s1"} | peers
         <= logged
-        <= {"t-w4a8-rtn-s0", "t-w4a8-qdit-s0", "t-w4a8-rtn-s1", "t-w4a8-qdit-s1"}
+        <= {"t-w4a8-rtn-s0", "t-w4a8-qdit-s0", "t-w4a8-rtn-s1", "t-w4a8-qdit-s1"} | peers
     )
     assert all("sfid" in r.data.metrics and "precision" in r.data.metrics for r in runs)
+    # the UI groups and sorts runs by method
+    assert {r.data.tags["qdit.dvc_exp"]: r.data.tags["qdit.method"] for r in runs}["t-w4a8-svdquant_gptq-s1"] == (
+        "svdquant+gptq"
+    )
 
 
 def test_sweep_refuses_a_bad_setting(tmp_path):
@@ -94,12 +100,13 @@ def test_report_writes_the_table_and_figures(swept):
     assert any(line.startswith("| W16A16 | FP |") for line in lines)
     rtn = next(line for line in lines if line.startswith("| W4A8 | RTN |"))
     qdit = next(line for line in lines if line.startswith("| W4A8 | Q-DiT (+ search) |"))
-    assert rtn.count("±") == qdit.count("±") == 8  # two seeds: a spread in every column
+    peer = next(line for line in lines if line.startswith("| W4A8 | SVDQuant + GPTQ |"))
+    assert rtn.count("±") == qdit.count("±") == peer.count("±") == 9  # two seeds: a spread in every column
     assert "Sweep wall time:" in md and "![Samples](samples.png)" in md
     assert rtn in printed  # the table is also printed
     with open(rep / "results.csv") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 4 and {r["method"] for r in table} == {"rtn", "qdit"}
+    assert len(table) == 6 and {r["method"] for r in table} == {"rtn", "qdit", "svdquant+gptq"}
     assert all(float(r["precision"]) <= 1.0 for r in table)
 
 
