@@ -43,7 +43,7 @@ def test_sweep_runs_every_setting_as_a_dvc_experiment(swept):
         r = rows[name]
         assert r["State"] == "Success"
         assert r["quant.method"] == name.split("-")[2].split("_")[0]
-        assert r["quant.weight.gptq"] == ("svdquant" in name)
+        assert str(r["quant.weight.gptq"]).lower() == str("svdquant" in name).lower()  # exp show may say "False"
         assert r["sample.seed"] == (0 if name.endswith("s0") else 3)
         for key in ("fid", "sfid", "is", "kid", "precision", "recall", "fid_fp_model", "size_mb"):
             assert r[key] is not None and r[key] == r[key], (name, key)
