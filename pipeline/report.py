@@ -108,32 +108,50 @@ def cell(values: list[float], decimals: int) -> str:
 OURS = ("groups", "dynamic", "qdit")  # Q-DiT's configurations; every other method is a peer
 
 
+def _mean(by_seed: dict[int, dict], key: str) -> float | None:
+    values = [float(m[key]) for m in by_seed.values() if m.get(key) is not None]
+    return mean_std(values)[0] if values else None
+
+
+def _within(ours: dict[int, dict], peer: dict[int, dict]) -> bool:
+    """Whether our configuration's mean size_mb and gbitops are no more than the peer's."""
+    for key in ("size_mb", "gbitops"):
+        a, b = _mean(ours, key), _mean(peer, key)
+        if a is not None and b is not None and a > b * (1 + 1e-9):
+            return False
+    return True
+
+
 def paired_lead(records: list[Record], keys=(("fid_fp", "FID to FP", 3), ("psnr_fp", "PSNR to FP (dB)", 2))) -> str:
-    """Per bit setting: our best configuration (lowest mean FID to FP) minus the best peer,
-    paired by seed (mean ± sample std of the per-seed differences), as Markdown lines."""
+    """Per bit setting and per peer: our best configuration (lowest mean FID to FP) among those
+    no larger and no costlier than the peer (mean size_mb and gbitops, where recorded), minus
+    the peer, paired by seed (mean ± sample std of the per-seed differences), as Markdown lines.
+    A peer that none of ours matches in size and cost gets a line saying so."""
     lines = []
     for bits in dict.fromkeys(r.bits for r in records):
-        here = [r for r in records if r.bits == bits and r.metrics.get("fid_fp") is not None]
-        by = {}
-        for r in here:
-            by.setdefault(r.method, {})[r.seed] = r.metrics
+        by: dict[str, dict[int, dict]] = {}
+        for r in records:
+            if r.bits == bits and r.metrics.get("fid_fp") is not None:
+                by.setdefault(r.method, {})[r.seed] = r.metrics
         ours = [m for m in by if split_method(m)[0] in OURS]
-        peers = [m for m in by if m not in ours]
-        if not ours or not peers:
-            continue
-
-        mean_fid = {m: mean_std([float(v["fid_fp"]) for v in by[m].values()])[0] for m in by}
-        a, b = min(ours, key=mean_fid.get), min(peers, key=mean_fid.get)
-        seeds = sorted(set(by[a]) & set(by[b]))
-        parts = []
-        for key, name, d in keys:
-            diffs = [float(by[a][s][key]) - float(by[b][s][key]) for s in seeds if by[a][s].get(key) is not None]
-            if diffs:
-                mean, std = mean_std(diffs)
-                parts.append(f"{name} {mean:+.{d}f} ± {std:.{d}f}")
-        lines.append(
-            f"- {bits}: {method_label(a)} minus {method_label(b)}, {len(seeds)} paired seeds: " + ", ".join(parts)
-        )
+        peers = sorted((m for m in by if m not in ours), key=lambda m: _mean(by[m], "fid_fp"))
+        for peer in peers if ours else []:
+            fits = [m for m in ours if _within(by[m], by[peer])]
+            if not fits:
+                lines.append(f"- {bits}: none of ours is within the size and GBOPs of {method_label(peer)}")
+                continue
+            a = min(fits, key=lambda m: _mean(by[m], "fid_fp"))
+            seeds = sorted(set(by[a]) & set(by[peer]))
+            parts = []
+            for key, name, d in keys:
+                diffs = [float(by[a][s][key]) - float(by[peer][s][key]) for s in seeds if by[a][s].get(key) is not None]
+                if diffs:
+                    mean, std = mean_std(diffs)
+                    parts.append(f"{name} {mean:+.{d}f} ± {std:.{d}f}")
+            lines.append(
+                f"- {bits}: {method_label(a)} minus {method_label(peer)}, {len(seeds)} paired seeds: "
+                + ", ".join(parts)
+            )
     return "\n".join(lines)
 
 

@@ -207,7 +207,8 @@ def _markdown(name: str, records: list[Record], table) -> str:
     lines += ["", markdown_table(table), ""]
     lead = paired_lead(records)
     if lead:
-        lines += ["Our best configuration against the best peer (lowest FID to FP), per seed:", "", lead, ""]
+        head = "Each peer against our best configuration (lowest FID to FP) of no more size and GBOPs, by seed:"
+        lines += [head, "", lead, ""]
     lines += [
         "![FID against bits](fid_vs_bits.png)",
         "",

@@ -72,21 +72,26 @@ def test_record_from_an_exp_show_row():
     assert r.metrics["fid"] == 7.5 and r.metrics["precision"] == 0.7 and "kid" not in r.metrics
 
 
-def test_paired_lead_subtracts_the_best_peer_seed_by_seed():
-    def rec(method, seed, fid_fp, psnr):
-        return Record(f"x-{method}-s{seed}", "W4A4", method, seed, {"fid_fp": fid_fp, "psnr_fp": psnr})
+def test_paired_lead_pairs_each_peer_with_our_best_at_no_more_size_and_cost():
+    def rec(method, seed, fid_fp, psnr, size, gbops):
+        metrics = {"fid_fp": fid_fp, "psnr_fp": psnr, "size_mb": size, "gbitops": gbops}
+        return Record(f"x-{method}-s{seed}", "W4A4", method, seed, metrics)
 
     recs = (
-        [rec("qdit", s, 0.5 + s, 35.0 + s) for s in range(3)]
-        + [rec("qdit+gptq", s, 0.2 + s, 37.0 + 2 * s) for s in range(3)]
-        + [rec("svdquant", s, 0.3 + s, 36.0) for s in range(3)]
-        + [rec("smoothquant", s, 9.0, 20.0) for s in range(3)]
-        + [rec("rtn", 0, 80.0, 18.0)]
+        [rec("qdit", s, 0.5 + s, 35.0 + s, 1.7, 0.50) for s in range(3)]
+        + [rec("qdit+gptq", s, 0.4 + s, 36.0, 1.7, 0.50) for s in range(3)]
+        + [rec("qdit+gptq+lowrank", s, 0.2 + s, 37.0 + 2 * s, 2.2, 0.90) for s in range(3)]
+        + [rec("svdquant", s, 0.3 + s, 36.0, 2.3, 0.95) for s in range(3)]
+        + [rec("smoothquant", s, 9.0, 20.0, 1.6, 0.48) for s in range(3)]
+        + [rec("repq", s, 10.0, 20.0 - s, 1.7, 0.50) for s in range(3)]
     )
-    lead = paired_lead(recs)
-    # best ours: qdit+gptq (0.2 + s); best peer: svdquant (0.3 + s); differences -0.1 each seed
-    assert lead == (
-        "- W4A4: Q-DiT (+ search) + GPTQ minus SVDQuant, 3 paired seeds: "
-        "FID to FP -0.100 ± 0.000, PSNR to FP (dB) +3.00 ± 2.00"
-    )
+    lead = paired_lead(recs).splitlines()
+    # peers by FID to FP; the branch config only fits under SVDQuant's size and GBOPs
+    assert lead == [
+        "- W4A4: Q-DiT (+ search) + GPTQ + rank-32 branch minus SVDQuant, 3 paired seeds: "
+        "FID to FP -0.100 ± 0.000, PSNR to FP (dB) +3.00 ± 2.00",
+        "- W4A4: none of ours is within the size and GBOPs of SmoothQuant",
+        "- W4A4: Q-DiT (+ search) + GPTQ minus RepQ-ViT, 3 paired seeds: "
+        "FID to FP -8.600 ± 1.000, PSNR to FP (dB) +17.00 ± 1.00",
+    ]
     assert paired_lead([r for r in recs if r.method.startswith("qdit")]) == ""  # no peer: nothing to say
