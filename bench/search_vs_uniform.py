@@ -36,6 +36,14 @@ def stage(name: str, params: dict, *argv: str) -> None:
     importlib.import_module(f"stages.{name}").cli(list(argv))
 
 
+def _machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (trainer.accelerator auto), {os.cpu_count()} CPU cores"
+    return f"CPU, {os.cpu_count()} cores"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--settings", nargs="+", default=["4:8", "4:4"], help="weight_bits:act_bits")
@@ -118,7 +126,7 @@ def main() -> None:
         "budget": costs,
         "search_seconds": {k: summary(v) for k, v in search_seconds.items()},
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"CPU, {os.cpu_count()} cores",
+        "machine": _machine(),
     }
     out = REPO / args.out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@ A setting is (bits, method, seed). Methods, each adding one idea of Q-DiT to the
 The peers run beside them (docs/methods.md): smoothquant, ptq4dit, repq, svdquant, each with
 its own quantizers and no search. Any method takes options after '+': `qdit+gptq` (GPTQ
 rounding), `+smooth` (smoothing, alpha 0.5), `+lowrank` (a rank-32 16-bit branch), e.g.
-`qdit+gptq+lowrank`.
+`qdit+gptq+lowrank`; the per-channel methods also `+dynamic` (per-token dynamic activations:
+SmoothQuant's dynamic variant, or, on `rtn`, Q-DiT's dynamic activations at per-channel cost).
 Seed s moves every random choice except the trained model: sampling (sample.seed = 3s),
 calibration (3s + 1), the search's images (3s + 2) and its evolution (s); s = 0 is params.yaml's
 defaults. Pure: no DVC or MLflow here; stages/sweep.py queues the settings, stages/report.py
@@ -36,7 +37,13 @@ LABELS = {
     "repq": "RepQ-ViT",
     "svdquant": "SVDQuant",
 }
-OPTION_LABELS = {"gptq": "GPTQ", "smooth": "smoothing", "lowrank": f"rank-{LOWRANK_RANK} branch"}
+PER_CHANNEL = ("rtn", "smoothquant", "ptq4dit", "repq")  # static activations unless +dynamic
+OPTION_LABELS = {
+    "dynamic": "dynamic act.",
+    "gptq": "GPTQ",
+    "smooth": "smoothing",
+    "lowrank": f"rank-{LOWRANK_RANK} branch",
+}
 _BITS = re.compile(r"^W(\d+)A(\d+)$")
 _METHOD_OVERRIDES = {
     "rtn": {"quant.method": "rtn", "quant.act.mode": "auto", "search.enabled": "false"},
@@ -45,6 +52,7 @@ _METHOD_OVERRIDES = {
     "qdit": {"quant.method": "qdit", "quant.act.mode": "dynamic", "search.enabled": "true"},
 } | {m: {"quant.method": m, "quant.act.mode": "auto", "search.enabled": "false"} for m in METHODS if m not in ABLATION}
 _OPTION_OVERRIDES = {
+    "dynamic": {"quant.act.mode": "dynamic"},
     "gptq": {"quant.weight.gptq": "true"},
     "smooth": {"quant.smooth.alpha": str(SMOOTH_ALPHA)},
     "lowrank": {"quant.lowrank.rank": str(LOWRANK_RANK)},
@@ -61,11 +69,16 @@ def split_method(text: str) -> tuple[str, tuple[str, ...]]:
             raise ValueError(f"option {o!r} of {text!r}; allowed after '+': {', '.join(OPTIONS)}")
     if len(set(options)) != len(options):
         raise ValueError(f"{text!r} repeats an option")
+    if "dynamic" in options and base not in PER_CHANNEL:
+        allowed = ", ".join(PER_CHANNEL)
+        raise ValueError(f"{text!r}: '+dynamic' applies to {allowed}; {base} is dynamic or static by design")
     return base, tuple(sorted(options, key=OPTIONS.index))
 
 
 def method_label(method: str) -> str:
     base, options = split_method(method)
+    if base == "rtn" and "dynamic" in options:  # Q-DiT's dynamic activations, one group per row
+        return " + ".join(["Q-DiT, per-channel", *(OPTION_LABELS[o] for o in options if o != "dynamic")])
     return " + ".join([LABELS[base], *(OPTION_LABELS[o] for o in options)])
 
 
@@ -135,6 +148,8 @@ def method_of(params: dict) -> str:
     if method == "qdit" and params.get("search.enabled") not in (True, "true", "True"):
         method = "groups" if str(params.get("quant.act.mode", "")).startswith("static") else "dynamic"
     options = []
+    if method in PER_CHANNEL and str(params.get("quant.act.mode", "")) == "dynamic":
+        options.append("dynamic")
     if params.get("quant.weight.gptq") in (True, "true", "True"):
         options.append("gptq")
     if _set(params.get("quant.smooth.alpha")) and method not in ("smoothquant", "ptq4dit", "svdquant"):

@@ -103,7 +103,8 @@ class Features(Choice):
 
 class SweepMethod(Choice):
     """A sweep's methods (see pipeline/ablation.py): the steps of the paper's ablation, then
-    the peers; `+gptq`, `+smooth` and `+lowrank` (SweepOption) combine with any of them."""
+    the peers; `+gptq`, `+smooth` and `+lowrank` (SweepOption) combine with any of them, and
+    `+dynamic` with the per-channel ones."""
 
     RTN = "rtn"
     GROUPS = "groups"
@@ -116,6 +117,7 @@ class SweepMethod(Choice):
 
 
 class SweepOption(Choice):
+    DYNAMIC = "dynamic"  # quant.act.mode = dynamic, on a per-channel method (per-token activations)
     GPTQ = "gptq"  # quant.weight.gptq = true
     SMOOTH = "smooth"  # quant.smooth.alpha = 0.5
     LOWRANK = "lowrank"  # quant.lowrank.rank = 32

@@ -108,6 +108,13 @@ def cell(values: list[float], decimals: int) -> str:
 OURS = ("groups", "dynamic", "qdit")  # Q-DiT's configurations; every other method is a peer
 
 
+def is_ours(method: str) -> bool:
+    """Q-DiT's configurations: the ablation's steps, and `rtn+dynamic` (its dynamic activations
+    with one weight group per row, at the per-channel peers' size and bit-operations)."""
+    base, options = split_method(method)
+    return base in OURS or (base == "rtn" and "dynamic" in options)
+
+
 def _mean(by_seed: dict[int, dict], key: str) -> float | None:
     values = [float(m[key]) for m in by_seed.values() if m.get(key) is not None]
     return mean_std(values)[0] if values else None
@@ -133,7 +140,7 @@ def paired_lead(records: list[Record], keys=(("fid_fp", "FID to FP", 3), ("psnr_
         for r in records:
             if r.bits == bits and r.metrics.get("fid_fp") is not None:
                 by.setdefault(r.method, {})[r.seed] = r.metrics
-        ours = [m for m in by if split_method(m)[0] in OURS]
+        ours = [m for m in by if is_ours(m)]
         peers = sorted((m for m in by if m not in ours), key=lambda m: _mean(by[m], "fid_fp"))
         for peer in peers if ours else []:
             fits = [m for m in ours if _within(by[m], by[peer])]

@@ -35,7 +35,18 @@ def test_overrides_and_their_inverse():
 
 
 @pytest.mark.parametrize(
-    "method", ["smoothquant", "ptq4dit", "repq", "svdquant", "qdit+gptq", "qdit+gptq+lowrank", "dynamic+smooth"]
+    "method",
+    [
+        "smoothquant",
+        "ptq4dit",
+        "repq",
+        "svdquant",
+        "qdit+gptq",
+        "qdit+gptq+lowrank",
+        "dynamic+smooth",
+        "rtn+dynamic+gptq",
+        "smoothquant+dynamic",
+    ],
 )
 def test_peers_and_options_round_trip(method):
     s = Setting("W4A4", method, 1)
@@ -47,6 +58,8 @@ def test_peers_and_options_round_trip(method):
         assert o["quant.weight.gptq"] == "true" and o["search.enabled"] == "true"
     if method in ("smoothquant", "ptq4dit", "repq", "svdquant"):
         assert (o["quant.method"], o["search.enabled"]) == (method, "false")
+    if "+dynamic" in method:  # per-token dynamic activations on a per-channel method
+        assert (o["quant.method"], o["quant.act.mode"]) == (method.split("+")[0], "dynamic")
     # dvc exp show writes an unset smoothing alpha as the string 'None'
     assert method_of(params | {"quant.smooth.alpha": "None", "quant.lowrank.rank": "None"}) == method.replace(
         "+smooth", ""
@@ -60,6 +73,10 @@ def test_method_names_are_checked():
     with pytest.raises(ValueError, match="option 'lora' of 'qdit\\+lora'; allowed after"):
         split_method("qdit+lora")
     assert method_label("svdquant+gptq") == "SVDQuant + GPTQ"
+    assert method_label("rtn+gptq+dynamic") == "Q-DiT, per-channel + GPTQ"
+    assert method_label("smoothquant+dynamic") == "SmoothQuant + dynamic act."
+    with pytest.raises(ValueError, match="'\\+dynamic' applies to rtn, smoothquant, ptq4dit, repq; qdit is"):
+        split_method("qdit+dynamic")
 
 
 def test_peers_run_only_at_their_bits_and_the_ablation_stays_whole():

@@ -84,14 +84,18 @@ def test_paired_lead_pairs_each_peer_with_our_best_at_no_more_size_and_cost():
         + [rec("svdquant", s, 0.3 + s, 36.0, 2.3, 0.95) for s in range(3)]
         + [rec("smoothquant", s, 9.0, 20.0, 1.6, 0.48) for s in range(3)]
         + [rec("repq", s, 10.0, 20.0 - s, 1.7, 0.50) for s in range(3)]
+        + [rec("rtn+dynamic+gptq", s, 9.5, 21.0, 1.6, 0.48) for s in range(3)]
     )
     lead = paired_lead(recs).splitlines()
     # peers by FID to FP; the branch config only fits under SVDQuant's size and GBOPs
     assert lead == [
         "- W4A4: Q-DiT (+ search) + GPTQ + rank-32 branch minus SVDQuant, 3 paired seeds: "
         "FID to FP -0.100 ± 0.000, PSNR to FP (dB) +3.00 ± 2.00",
-        "- W4A4: none of ours is within the size and GBOPs of SmoothQuant",
+        "- W4A4: Q-DiT, per-channel + GPTQ minus SmoothQuant, 3 paired seeds: "
+        "FID to FP +0.500 ± 0.000, PSNR to FP (dB) +1.00 ± 0.00",
         "- W4A4: Q-DiT (+ search) + GPTQ minus RepQ-ViT, 3 paired seeds: "
         "FID to FP -8.600 ± 1.000, PSNR to FP (dB) +17.00 ± 1.00",
     ]
     assert paired_lead([r for r in recs if r.method.startswith("qdit")]) == ""  # no peer: nothing to say
+    alone = [r for r in recs if r.method in ("qdit", "svdquant", "smoothquant")]
+    assert "none of ours is within the size and GBOPs of SmoothQuant" in paired_lead(alone)
