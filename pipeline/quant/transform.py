@@ -138,8 +138,9 @@ def fold(model: nn.Module, site: Site, t: InputTransform) -> None:
     """Apply `t` to the site's input inside the FP model, exactly: the consumers' weights take
     diag(scale) and their biases W shift; the producer's rows take the division, or (explicit
     sites) the consumer becomes a TransformedLinear that divides at run time."""
-    scale = t.scale.double()
-    shift = None if t.shift is None else t.shift.double()
+    device = _linear(model, site.consumers[0]).weight.device  # statistics live on the CPU
+    scale = t.scale.double().to(device)
+    shift = None if t.shift is None else t.shift.double().to(device)
     for name in site.consumers:
         lin = _linear(model, name)
         w = lin.weight.double()

@@ -62,6 +62,8 @@ class CandidateModel:
             if not calibration:
                 raise PlanError("the plan asks for GPTQ, which needs calibration inputs (model keyword arguments)")
             weighted = [n for n, lp in base.layers.items() if lp.weight_bits != FP_BITS]
+            # the inputs' device: a Lightning fitness pass before this may have left the model on the CPU
+            model.to(next(v.device for v in calibration[0].values() if torch.is_tensor(v)))
             hessians = input_hessians(model, weighted, calibration, progress)
         ctx = timestep_context(model, base)
 
