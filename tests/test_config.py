@@ -123,7 +123,8 @@ def test_a_section_of_the_wrong_kind_names_what_it_holds(tmp_path):
         (
             {"sweep": {"methods": ["rtn", "smooth"]}},
             "sweep.methods = 'smooth' is not allowed; allowed: a non-empty list of rtn | groups | dynamic | qdit | "
-            "smoothquant | ptq4dit | repq | svdquant, each optionally followed by +dynamic / +gptq / +smooth / +lowrank",
+            "smoothquant | ptq4dit | repq | svdquant, each optionally followed by "
+            "+dynamic / +gptq / +smooth / +lowrank",
         ),
         ({"sweep": {"methods": ["qdit+lora"]}}, "sweep.methods = 'qdit+lora' is not allowed"),
         ({"quant": {"smooth": {"alpha": 1.5}}}, "quant.smooth.alpha = 1.5 is not allowed; allowed: null (the method"),
