@@ -54,7 +54,7 @@ SETTINGS = {
     # and one activation group per row (segments = 1, as RTN's)
     "Q-DiT dyn. + GPTQ, per-channel": ("rtn", {"gptq": True, "act_mode": "dynamic"}),
 }
-OURS = ["Q-DiT", "Q-DiT + GPTQ", "Q-DiT + r32", "Q-DiT + GPTQ + r32", "Q-DiT dyn. + GPTQ, per-channel"]
+OURS = [label for label in SETTINGS if label.startswith("Q-DiT")]
 
 
 def main() -> None:
