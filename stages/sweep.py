@@ -52,6 +52,13 @@ def _states(names: set[str]) -> dict[str, str]:
     return {r["Experiment"]: (r.get("State") or "Success") for r in rows if r.get("Experiment") in names}
 
 
+def _idle_slots(states: dict[str, str], jobs: int) -> int:
+    """Workers to start: job slots left free while experiments wait in the queue."""
+    queued = sum(v == "Queued" for v in states.values())
+    running = sum(v == "Running" for v in states.values())
+    return min(queued, max(0, jobs - running))
+
+
 def run(cfg, args) -> None:
     sw = cfg.sweep
     todo = settings(list(sw.bits), list(sw.methods), list(sw.ablation_bits), list(sw.seeds))
@@ -81,6 +88,8 @@ def run(cfg, args) -> None:
         _dvc("exp", "run", "--queue", "-n", name, *sets, "-S", f"tracking.sweep={sw.name}", env=env)
     _dvc("queue", "start", "-j", str(sw.jobs), env=env)
     states: dict[str, str] = {}
+    short = 0  # polls in a row with queued experiments and idle job slots
+    restarts = 0
     with tqdm(total=len(names), desc="sweep", unit="exp") as bar:
         while True:
             time.sleep(args.poll)
@@ -89,6 +98,14 @@ def run(cfg, args) -> None:
             bar.update(finished - bar.n)
             if finished == len(names):
                 break
+            missing = _idle_slots(states, int(sw.jobs))
+            short = short + 1 if missing else 0
+            if short >= 3:
+                # DVC's queue workers can exit while experiments are still queued
+                # (treeverse/dvc#10562): a sweep then runs on fewer workers, or stalls
+                _dvc("queue", "start", "-j", str(missing), env=env, check=False)
+                restarts += 1
+                short = 0
     seconds = time.time() - start
     failed = sorted(n for n in names if states.get(n) == "Failed")
     out = SWEEPS / sw.name
@@ -101,6 +118,7 @@ def run(cfg, args) -> None:
             "failed": failed,
             "jobs": int(sw.jobs),
             "seconds": seconds,
+            "worker_restarts": restarts,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     )

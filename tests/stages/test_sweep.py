@@ -84,6 +84,16 @@ def test_sweep_refuses_a_bad_setting(tmp_path):
     assert not (proj / "sweeps").exists() and "Running stage" not in proc.stdout + proc.stderr
 
 
+def test_sweep_restarts_workers_only_for_queued_experiments_and_free_slots():
+    from stages.sweep import _idle_slots
+
+    assert _idle_slots({"a": "Running", "b": "Queued", "c": "Queued"}, jobs=2) == 1
+    assert _idle_slots({"a": "Success", "b": "Queued", "c": "Queued"}, jobs=2) == 2
+    assert _idle_slots({"a": "Success", "b": "Queued"}, jobs=2) == 1  # never more than are queued
+    assert _idle_slots({"a": "Running", "b": "Running", "c": "Queued"}, jobs=2) == 0
+    assert _idle_slots({"a": "Running", "b": "Success"}, jobs=2) == 0  # nothing left to start
+
+
 def test_report_writes_the_table_and_figures(swept):
     from PIL import Image
 
