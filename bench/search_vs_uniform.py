@@ -3,13 +3,17 @@
   python bench/search_vs_uniform.py --settings 4:8 4:4 --seeds 0 1 2 --out bench/results/search_vs_uniform.json
   python bench/search_vs_uniform.py --settings 4:4 --uniform 32 --set search.fitness=sample_mse \
       search.num_images=64 search.steps=10 --out bench/results/search_vs_uniform_sample_mse.json
+  python bench/search_vs_uniform.py --settings 4:8 4:4 --uniform 32 --compare svdquant+gptq \
+      --set quant.weight.gptq=true quant.lowrank.rank=32 quant.smooth.alpha=0.5 --out ...
 
 Runs the real stages (search, quantize, sample, evaluate; sample_fp once per seed) in a scratch
 copy of data/model, data/calib and data/stats from a `dvc repro`, with params.yaml plus
 overrides, tracking off. For seed s the search uses search.seed = s and every plan is sampled
 with sample.seed = s, so rows are paired. The budget is the uniform g = quant.weight.group_size
 plan's bit-operations; uniform plans with larger g cost less (same budget), smaller g more (shown
-for reference, over budget). Prints a Markdown table.
+for reference, over budget). `--compare` adds sweep methods (e.g. a peer, `svdquant+gptq`) as
+more unsearched rows of the same seeds, each with its own quant.* settings and the searched plan's
+paired difference to it. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -44,6 +48,24 @@ def _machine() -> str:
     return f"CPU, {os.cpu_count()} cores"
 
 
+def _method_params(base: dict, method: str) -> dict:
+    """params.yaml with a sweep method's quant.* and search settings in place of the bench's own."""
+    from pipeline.ablation import Setting
+
+    params = json.loads(json.dumps(base))
+    params["quant"]["smooth"]["alpha"] = None
+    params["quant"]["lowrank"]["rank"] = None
+    params["quant"]["weight"]["gptq"] = False
+    for key, value in Setting("W4A8", method, 0).overrides().items():
+        if key.startswith(("quant.", "search.enabled")) and key not in ("quant.weight.bits", "quant.act.bits"):
+            node = params
+            *parents, leaf = key.split(".")
+            for k in parents:
+                node = node[k]
+            node[leaf] = yaml.safe_load(value)
+    return params
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--settings", nargs="+", default=["4:8", "4:4"], help="weight_bits:act_bits")
@@ -56,8 +78,20 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="params overrides for every run, e.g. search.fitness=sample_mse",
     )
+    p.add_argument(
+        "--compare", nargs="*", default=[], metavar="METHOD", help="sweep methods to pair with, e.g. svdquant+gptq"
+    )
     p.add_argument("--out", default="bench/results/search_vs_uniform.json")
+    p.add_argument(
+        "--merge",
+        nargs="*",
+        default=[],
+        metavar="JSON",
+        help="join results files of other seeds, in order",
+    )
     args = p.parse_args()
+    if args.merge:
+        return merge(args)
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     for item in args.set:
         key, value = item.split("=", 1)
@@ -79,15 +113,19 @@ def main() -> None:
             stage("sample", deep_update(base, {"sample": {"seed": seed}}), "--fp")
             for setting in args.settings:
                 wb, ab = (int(x) for x in setting.split(":"))
-                plans = [("searched", {"search": {"seed": seed}})] + [
-                    (f"uniform g{g}", {"search": {"enabled": False}, "quant": {"weight": {"group_size": g}}})
-                    for g in args.uniform
-                ]
+                plans = (
+                    [("searched", {"search": {"seed": seed}})]
+                    + [
+                        (f"uniform g{g}", {"search": {"enabled": False}, "quant": {"weight": {"group_size": g}}})
+                        for g in args.uniform
+                    ]
+                    + [(method, {"replace": _method_params(base, method)}) for method in args.compare]
+                )
                 for label, extra in plans:
+                    params = extra["replace"] if "replace" in extra else deep_update(base, extra)
                     params = deep_update(
-                        base, {"quant": {"weight": {"bits": wb}, "act": {"bits": ab}}, "sample": {"seed": seed}}
+                        params, {"quant": {"weight": {"bits": wb}, "act": {"bits": ab}}, "sample": {"seed": seed}}
                     )
-                    params = deep_update(params, extra)
                     start = time.time()
                     stage("search", params)
                     searched = json.loads(Path("data/search/search.json").read_text())
@@ -99,6 +137,7 @@ def main() -> None:
                     m = json.loads(Path("metrics.json").read_text())
                     key = f"W{wb}A{ab} {label}"
                     costs[key] = searched["plan"]["gbitops"]
+                    costs[f"{key} size_mb"] = searched["plan"]["size_mb"]
                     row = rows.setdefault(key, {"fid": [], "fid_fp": [], "psnr_fp": []})
                     for k in row:
                         row[k].append(float(m[k]))
@@ -111,16 +150,11 @@ def main() -> None:
         os.chdir(REPO)
         shutil.rmtree(work, ignore_errors=True)
 
-    results = {k: {m: summary(v) for m, v in r.items()} | {"gbitops": costs[k]} for k, r in rows.items()}
-    paired = {}
-    for setting in args.settings:
-        wb, ab = setting.split(":")
-        s, u = rows[f"W{wb}A{ab} searched"], rows.get(f"W{wb}A{ab} uniform g{base['quant']['weight']['group_size']}")
-        if u:
-            paired[f"W{wb}A{ab}"] = {m: summary(list(np.subtract(s[m], u[m]))) for m in s}
     meta = {
         "seeds": args.seeds,
         "overrides": args.set,
+        "compare": args.compare,
+        "group_size": base["quant"]["weight"]["group_size"],
         "search": base["search"],
         "sample": base["sample"],
         "budget": costs,
@@ -128,17 +162,59 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": _machine(),
     }
-    out = REPO / args.out
+    write(rows, search_seconds, meta, args.out)
+
+
+def merge(args) -> None:
+    """One results file from several runs of the same settings over other seeds."""
+    runs = [json.loads(Path(f).read_text()) for f in args.merge]
+    rows: dict[str, dict[str, list[float]]] = {}
+    seconds: dict[str, list[float]] = {}
+    for run in runs:
+        for key, r in run["results"].items():
+            row = rows.setdefault(key, {})
+            for m, v in r.items():
+                if isinstance(v, dict):
+                    row.setdefault(m, []).extend(v["values"])
+        for key, v in run["meta"]["search_seconds"].items():
+            seconds.setdefault(key, []).extend(v["values"])
+    meta = dict(runs[0]["meta"])
+    meta["seeds"] = [s for run in runs for s in run["meta"]["seeds"]]
+    meta["budget"] = {k: v for run in runs for k, v in run["meta"]["budget"].items()}
+    meta["merged_from"] = [Path(f).name for f in args.merge]
+    meta["search_seconds"] = {k: summary(v) for k, v in seconds.items()}
+    write(rows, seconds, meta, args.out)
+
+
+def write(rows: dict, search_seconds: dict, meta: dict, path: str) -> None:
+    costs = meta["budget"]
+    results = {
+        k: {m: summary(v) for m, v in r.items()} | {"gbitops": costs[k], "size_mb": costs.get(f"{k} size_mb")}
+        for k, r in rows.items()
+    }
+    paired = {}
+    for key, s in rows.items():
+        setting, label = key.split(" ", 1)
+        if label != "searched":
+            continue
+        u = rows.get(f"{setting} uniform g{meta['group_size']}")
+        if u:
+            paired[setting] = {m: summary(list(np.subtract(s[m], u[m]))) for m in s}
+        for method in meta["compare"]:
+            c = rows[f"{setting} {method}"]
+            paired[f"{setting} vs {method}"] = {m: summary(list(np.subtract(s[m], c[m]))) for m in s}
+    out = REPO / path
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": results, "searched_minus_uniform": paired}, indent=2))
 
     fmt = lambda d, spec=".3f": f"{d['mean']:{spec}} ± {d['std']:.2g}"  # noqa: E731
-    print("\n| setting | plan | GBOPs | fid | fid_fp | psnr_fp (dB) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| setting | plan | MB | GBOPs | fid | fid_fp | psnr_fp (dB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for key, r in results.items():
         setting, label = key.split(" ", 1)
         print(
-            f"| {setting} | {label} | {r['gbitops']:.4f} | {fmt(r['fid'])} | {fmt(r['fid_fp'], '.4f')} | "
+            f"| {setting} | {label} | {r['size_mb'] or float('nan'):.3f} | {r['gbitops']:.4f} | {fmt(r['fid'])} | "
+            f"{fmt(r['fid_fp'], '.4f')} | "
             f"{fmt(r['psnr_fp'], '.2f')} |"
         )
     print("\nsearched - uniform (paired by seed):")

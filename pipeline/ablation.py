@@ -75,9 +75,22 @@ def split_method(text: str) -> tuple[str, tuple[str, ...]]:
     return base, tuple(sorted(options, key=OPTIONS.index))
 
 
+def _qdit_per_channel(base: str, options: tuple[str, ...]) -> bool:
+    """`rtn+dynamic`: Q-DiT's dynamic activations with one weight group per row, at the
+    per-channel peers' size and bit-operations."""
+    return base == "rtn" and "dynamic" in options
+
+
+def is_ours(method: str) -> bool:
+    """Q-DiT's configurations (the ablation's steps past RTN, and `rtn+dynamic`); every other
+    method is a peer."""
+    base, options = split_method(method)
+    return base in ABLATION[1:] or _qdit_per_channel(base, options)
+
+
 def method_label(method: str) -> str:
     base, options = split_method(method)
-    if base == "rtn" and "dynamic" in options:  # Q-DiT's dynamic activations, one group per row
+    if _qdit_per_channel(base, options):
         return " + ".join(["Q-DiT, per-channel", *(OPTION_LABELS[o] for o in options if o != "dynamic")])
     return " + ".join([LABELS[base], *(OPTION_LABELS[o] for o in options)])
 

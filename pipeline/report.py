@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pipeline.ablation import METHODS, bits_label, method_label, method_of, split_method
+from pipeline.ablation import METHODS, bits_label, is_ours, method_label, method_of, split_method
 
 # (metric key, column header, decimals); the FP row reads `<key>_fp_model`
 COLUMNS = [
@@ -103,16 +103,6 @@ def cell(values: list[float], decimals: int) -> str:
     if math.isinf(mean):
         return "-"
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}" if len(values) > 1 else f"{mean:.{decimals}f}"
-
-
-OURS = ("groups", "dynamic", "qdit")  # Q-DiT's configurations; every other method is a peer
-
-
-def is_ours(method: str) -> bool:
-    """Q-DiT's configurations: the ablation's steps, and `rtn+dynamic` (its dynamic activations
-    with one weight group per row, at the per-channel peers' size and bit-operations)."""
-    base, options = split_method(method)
-    return base in OURS or (base == "rtn" and "dynamic" in options)
 
 
 def _mean(by_seed: dict[int, dict], key: str) -> float | None:

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.ablation import METHODS, Setting, method_label, method_of, parse_bits, settings, split_method
+from pipeline.ablation import METHODS, Setting, is_ours, method_label, method_of, parse_bits, settings, split_method
 
 
 def test_parse_bits():
@@ -77,6 +77,12 @@ def test_method_names_are_checked():
     assert method_label("smoothquant+dynamic") == "SmoothQuant + dynamic act."
     with pytest.raises(ValueError, match="'\\+dynamic' applies to rtn, smoothquant, ptq4dit, repq; qdit is"):
         split_method("qdit+dynamic")
+
+
+def test_ours_are_the_ablation_past_rtn_and_qdit_per_channel():
+    ours = [m for m in ("rtn", "rtn+gptq", "groups", "dynamic", "qdit+gptq+lowrank", "rtn+dynamic+gptq") if is_ours(m)]
+    assert ours == ["groups", "dynamic", "qdit+gptq+lowrank", "rtn+dynamic+gptq"]
+    assert not any(is_ours(m) for m in ("smoothquant+dynamic", "ptq4dit+gptq", "repq", "svdquant+smooth"))
 
 
 def test_peers_run_only_at_their_bits_and_the_ablation_stays_whole():
