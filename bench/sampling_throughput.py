@@ -115,7 +115,7 @@ def measure(args, model, sched_cfg, num_classes, dtype) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    once(2)  # warm-up
+    first_call = once(2)  # warm-up; holds the compilation of a compiled model
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = sorted(once(args.steps) for _ in range(args.repeats))
@@ -132,6 +132,7 @@ def measure(args, model, sched_cfg, num_classes, dtype) -> dict:
         "median_s": round(median, 4),
         "image_steps_per_s": round(args.batch * args.steps / median, 1),
         "spread_s": [round(t, 4) for t in times],
+        "first_call_s": round(first_call, 2),
         "torch": torch.__version__,
     }
     if args.device == "cuda":

@@ -30,6 +30,7 @@ from pipeline.options import (
     ActMode,
     Backend,
     BudgetMetric,
+    Compile,
     Features,
     Fitness,
     Method,
@@ -236,6 +237,7 @@ class SampleConfig(Section):
     seed: ImageSeed
     batch_size: Count
     grid_size: Count
+    compile: _choice(Compile)
 
 
 class EvaluateConfig(Section):

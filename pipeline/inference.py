@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import UserError
+from pipeline.models.compile import compile_transformer
 from pipeline.models.loader import FPModel, load_fp_model
 from pipeline.quant.backends import use_backend
 from pipeline.quant.checkpoint import load_quantized, read_checkpoint
@@ -99,9 +100,11 @@ def load_quantized_dit(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     backend: str = "fake",
+    compile: str = "eager",
 ) -> QuantizedDiT:
     """The FP model of `model_dir` with the quantized layers of `quant_dir`, on `device` in `dtype`,
-    computed by `backend` (see pipeline/quant/backends.py)."""
+    computed by `backend` (see pipeline/quant/backends.py); `compile` as params.yaml's
+    sample.compile (pipeline/models/compile.py)."""
     fp = load_fp_model(model_dir)
     plan, state = read_checkpoint(quant_dir)
     load_quantized(fp.transformer, plan, state, str(quant_dir))
@@ -110,4 +113,5 @@ def load_quantized_dit(
     fp.transformer.to(device=device, dtype=dtype)
     if fp.vae is not None:
         fp.vae.to(device=device, dtype=dtype)
+    compile_transformer(fp.transformer, compile)
     return QuantizedDiT(fp, plan)

@@ -79,6 +79,15 @@ class Scheduler(Choice):
     DPM_SOLVER = "dpm_solver"
 
 
+class Compile(Choice):
+    """`torch.compile` of the transformer while sampling (pipeline/models/compile.py)."""
+
+    EAGER = "eager"  # not compiled
+    DEFAULT = "default"  # inductor: fused elementwise work, no CUDA graphs
+    REDUCE_OVERHEAD = "reduce-overhead"  # + CUDA graphs (GPU): less launch overhead at small batches
+    MAX_AUTOTUNE = "max-autotune"  # + GEMM/kernel autotuning and CUDA graphs; slowest to compile
+
+
 class Fitness(Choice):
     """What the granularity search minimises (see pipeline/search/fitness.py)."""
 

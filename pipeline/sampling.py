@@ -72,6 +72,8 @@ def denoise(
         model_in = torch.cat([x, x]) if guided else x
         model_in = scheduler.scale_model_input(model_in, t)
         t_batch = t[None].to(x.device).expand(model_in.shape[0])
+        # a compiled model with CUDA graphs reuses its output buffers: each step is a new run
+        torch.compiler.cudagraph_mark_step_begin()
         out = transformer(model_in, timestep=t_batch, class_labels=model_labels).sample
         eps = out[:, :channels] if learned_sigma else out
         if guided:

@@ -36,7 +36,9 @@ def run(cfg, args) -> None:
         load_quantized(fp.transformer, plan, state, str(QUANT))
         use_backend(fp.transformer, cfg.quant.backend)
         described = describe(plan)
-    module = SamplingModule(fp, scheduler=s.scheduler, steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed)
+    module = SamplingModule(
+        fp, scheduler=s.scheduler, steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed, compile=s.compile
+    )
     start = time.time()
     preds, _, is_main = run_predict(
         module, IndexDataset(s.num_images), s.batch_size, cfg.trainer, DATA / f".parts-{out.name}"
@@ -58,6 +60,7 @@ def run(cfg, args) -> None:
                 "steps": int(s.steps),
                 "guidance_scale": float(s.guidance_scale),
                 "seed": int(s.seed),
+                "compile": str(s.compile),
                 "labels": "index mod num_classes",
                 "provenance": provenance(cfg, "sample_fp" if args.fp else "sample"),
             }

@@ -5,15 +5,18 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from pipeline.models.compile import compile_transformer
 from pipeline.models.loader import FPModel
 from pipeline.sampling import decode, denoise, make_scheduler, to_uint8
 from pipeline.seeds import generators, image_seed, initial_noise
 
 
 class _DenoiserModule(L.LightningModule):
-    def __init__(self, fp: FPModel, *, scheduler: str, steps: int, guidance_scale: float, seed: int):
+    def __init__(
+        self, fp: FPModel, *, scheduler: str, steps: int, guidance_scale: float, seed: int, compile: str = "eager"
+    ):
         super().__init__()
-        self.transformer = fp.transformer
+        self.transformer = compile_transformer(fp.transformer, compile)
         self.vae = fp.vae
         self.scheduler_config = dict(fp.scheduler_config)
         self.scheduler_name = scheduler
