@@ -16,6 +16,7 @@ SETTINGS = {
     "fp": lambda: _model(),
     "fake W4A8": lambda: _quantized(weight_bits=4, act_bits=8),
     "int8 W8A8": lambda: _quantized("int8", weight_bits=8, act_bits=8, group_size=32),
+    "fp8 W8A8": lambda: _quantized("fp8", weight_bits=8, act_bits=8),
 }
 
 
@@ -23,7 +24,7 @@ def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).norm() / y.norm()) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("name", SETTINGS)
+@pytest.mark.parametrize("name", ["fp", "fake W4A8", "int8 W8A8", "fp8 W8A8"])
 def test_the_transformer_is_one_graph_without_breaks(name):
     report = graph_breaks(SETTINGS[name](), **_batches(1)[0])
     assert (report["graphs"], report["breaks"]) == (1, 0), report["reasons"]
@@ -66,3 +67,29 @@ def test_eager_leaves_the_module_alone_and_a_bad_mode_is_refused(tmp_path):
         compile_transformer(model, "fast")
     with pytest.raises(UserError, match="sample.compile = 'fast' is not allowed; allowed: eager, default, "):
         load_params(REPO / "params.yaml", ["sample.compile=fast"])
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="the backends' CUDA paths need a GPU")
+
+
+@CUDA
+@pytest.mark.parametrize(
+    "backend, plan_kw",
+    [
+        ("fake", dict(weight_bits=4, act_bits=8)),  # the Triton fake-quant kernels
+        ("fp8", dict(weight_bits=8, act_bits=8)),  # torch._scaled_mm
+        ("int4", dict(weight_bits=4, act_bits=16, group_size=32)),  # the packed int4 GEMM
+    ],
+)
+def test_each_backend_compiles_on_cuda_without_breaks_and_matches_eager(backend, plan_kw):
+    def model():
+        return _quantized(None if backend == "fake" else backend, **plan_kw).to("cuda", torch.bfloat16)
+
+    batch = {k: v.to("cuda") for k, v in _batches(1)[0].items()}
+    batch["hidden_states"] = batch["hidden_states"].to(torch.bfloat16)
+    report = graph_breaks(model(), **batch)
+    assert report["breaks"] == 0, report["reasons"]
+    eager = outputs(model(), [batch])
+    got = outputs(compile_transformer(model(), "default"), [batch])
+    torch._dynamo.reset()
+    assert _rel([g.float() for g in got], [e.float() for e in eager]) < 2e-2  # bf16 rounding
