@@ -19,6 +19,7 @@ paired difference to it. Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -48,21 +49,25 @@ def _machine() -> str:
     return f"CPU, {os.cpu_count()} cores"
 
 
+def _set_key(params: dict, key: str, value: str) -> None:
+    """params[a][b][c] = value (parsed as YAML) for key 'a.b.c'."""
+    *parents, leaf = key.split(".")
+    for k in parents:
+        params = params[k]
+    params[leaf] = yaml.safe_load(value)
+
+
 def _method_params(base: dict, method: str) -> dict:
     """params.yaml with a sweep method's quant.* and search settings in place of the bench's own."""
     from pipeline.ablation import Setting
 
-    params = json.loads(json.dumps(base))
+    params = copy.deepcopy(base)
     params["quant"]["smooth"]["alpha"] = None
     params["quant"]["lowrank"]["rank"] = None
     params["quant"]["weight"]["gptq"] = False
     for key, value in Setting("W4A8", method, 0).overrides().items():
         if key.startswith(("quant.", "search.enabled")) and key not in ("quant.weight.bits", "quant.act.bits"):
-            node = params
-            *parents, leaf = key.split(".")
-            for k in parents:
-                node = node[k]
-            node[leaf] = yaml.safe_load(value)
+            _set_key(params, key, value)
     return params
 
 
@@ -94,12 +99,7 @@ def main() -> None:
         return merge(args)
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     for item in args.set:
-        key, value = item.split("=", 1)
-        node = base
-        *parents, leaf = key.split(".")
-        for k in parents:
-            node = node[k]
-        node[leaf] = yaml.safe_load(value)
+        _set_key(base, *item.split("=", 1))
     base["tracking"]["enabled"] = False
     work = Path(tempfile.mkdtemp(prefix="qdit-search-bench-"))
     for d in ("model", "calib", "stats"):
@@ -114,17 +114,19 @@ def main() -> None:
             for setting in args.settings:
                 wb, ab = (int(x) for x in setting.split(":"))
                 plans = (
-                    [("searched", {"search": {"seed": seed}})]
+                    [("searched", deep_update(base, {"search": {"seed": seed}}))]
                     + [
-                        (f"uniform g{g}", {"search": {"enabled": False}, "quant": {"weight": {"group_size": g}}})
+                        (
+                            f"uniform g{g}",
+                            deep_update(base, {"search": {"enabled": False}, "quant": {"weight": {"group_size": g}}}),
+                        )
                         for g in args.uniform
                     ]
-                    + [(method, {"replace": _method_params(base, method)}) for method in args.compare]
+                    + [(method, _method_params(base, method)) for method in args.compare]
                 )
-                for label, extra in plans:
-                    params = extra["replace"] if "replace" in extra else deep_update(base, extra)
+                for label, plan_params in plans:
                     params = deep_update(
-                        params, {"quant": {"weight": {"bits": wb}, "act": {"bits": ab}}, "sample": {"seed": seed}}
+                        plan_params, {"quant": {"weight": {"bits": wb}, "act": {"bits": ab}}, "sample": {"seed": seed}}
                     )
                     start = time.time()
                     stage("search", params)
